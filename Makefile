@@ -1,0 +1,56 @@
+# Everything a person types. `make test` and `make reproduce` work from a fresh clone: `setup` builds .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel by default (it lies on disk on the project's machines). GPU users: install their CUDA build of
+# torch into .venv first (any 2.13/2.14 release satisfies pyproject's range) or pass TORCH="torch==2.13.0 ...".
+TORCH ?= torch==2.13.0
+PROFILE ?= cpu
+RESULTS_DIR ?= results
+EXP := $(BIN)/python -m experiments
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-slow lint format bench reproduce tables plan clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+test: setup
+	$(BIN)/pytest -q
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check loradash baselines experiments tests bench
+	$(BIN)/ruff format --check loradash baselines experiments tests bench
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format loradash baselines experiments tests bench
+	$(BIN)/ruff check --fix loradash baselines experiments tests bench
+
+bench: setup
+	$(BIN)/python bench/bench_loradash.py
+
+plan: setup
+	$(EXP) list --profile $(PROFILE) --results-dir $(RESULTS_DIR)
+
+reproduce: setup
+	$(EXP) sweep --profile $(PROFILE) --results-dir $(RESULTS_DIR)
+	$(MAKE) tables
+
+tables: setup
+	$(EXP) tables --profile $(PROFILE) --results-dir $(RESULTS_DIR)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,119 @@
+"""`LoraDashConfig`: a peft `LoraConfig` with LoRA-Dash's fields."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from peft import LoraConfig
+
+__all__ = ["LoraDashConfig", "PRELAUNCH_CLOCKS", "LORADASH_PEFT_TYPE", "CONFIG_MARKER"]
+
+PRELAUNCH_CLOCKS = ("optimizer_step", "forward_call")
+# Written as `peft_type` in a saved adapter_config.json so that stock peft refuses the folder
+# (it has no config class for this type) instead of silently loading it as plain LoRA without the dash term.
+LORADASH_PEFT_TYPE = "LORADASH"
+CONFIG_MARKER = "loradash_version"
+
+
+@dataclass
+class LoraDashConfig(LoraConfig):
+    """Configuration of LoRA-Dash (Si et al., ICLR 2025) on top of peft's `LoraConfig`.
+
+    Every `LoraConfig` field keeps its meaning (r, lora_alpha, lora_dropout, target_modules, ...); the LoRA
+    branch is plain LoRA. The fields below add the dash phase.
+
+    Args:
+        num_directions: s in the paper: how many task-specific directions each adapted matrix amplifies,
+            i.e. how many trainable scalars it gets (default 8, as the paper).
+        prelaunch_steps: t in the paper: the length of the LoRA "pre-launch" phase, counted on
+            `prelaunch_clock` (default 100).
+        change_rate_eps: epsilon in the change rate |u_i^T dW v_i| / (sigma_i + eps) (the authors' code uses 0).
+        prelaunch_clock: "optimizer_step" (default, the paper's "updates": the launch happens in
+            `update_loradash(model, global_step)` once global_step >= t) or "forward_call" (the authors' code:
+            each layer counts its own forward calls, evaluation passes, accumulation micro-batches and
+            checkpoint recomputation included, and launches at call t + 1; for fidelity studies only).
+        use_loradash: the peft variant switch; always True for this config.
+    """
+
+    use_loradash: bool = field(
+        default=True,
+        metadata={
+            "is_lora_variant": True,
+            "help": "Enable the LoRA-Dash variant (always True for this config).",
+        },
+    )
+    num_directions: int = field(
+        default=8, metadata={"help": "s: task-specific directions per adapted matrix."}
+    )
+    prelaunch_steps: int = field(default=100, metadata={"help": "t: length of the LoRA pre-launch phase."})
+    change_rate_eps: float = field(default=1e-8, metadata={"help": "eps in the change-rate denominator."})
+    prelaunch_clock: str = field(
+        default="optimizer_step", metadata={"help": "What t counts: 'optimizer_step' or 'forward_call'."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.use_loradash:
+            raise ValueError("LoraDashConfig.use_loradash must be True; use peft.LoraConfig for plain LoRA.")
+        if isinstance(self.num_directions, bool) or not isinstance(self.num_directions, int):
+            raise TypeError(f"num_directions must be an int, got {self.num_directions!r}")
+        if self.num_directions < 1:
+            raise ValueError(f"num_directions (s) must be >= 1, got {self.num_directions}")
+        if isinstance(self.prelaunch_steps, bool) or not isinstance(self.prelaunch_steps, int):
+            raise TypeError(f"prelaunch_steps must be an int, got {self.prelaunch_steps!r}")
+        if self.prelaunch_steps < 0:
+            raise ValueError(f"prelaunch_steps (t) must be >= 0, got {self.prelaunch_steps}")
+        if not isinstance(self.change_rate_eps, (int, float)) or self.change_rate_eps < 0:
+            raise ValueError(f"change_rate_eps must be a number >= 0, got {self.change_rate_eps!r}")
+        if self.prelaunch_clock not in PRELAUNCH_CLOCKS:
+            raise ValueError(
+                f"prelaunch_clock must be one of {PRELAUNCH_CLOCKS}, got {self.prelaunch_clock!r}"
+            )
+        if self.fan_in_fan_out:
+            raise ValueError(
+                "LoRA-Dash supports nn.Linear targets only; fan_in_fan_out=True (transformers Conv1D, e.g. GPT-2) "
+                "is not supported."
+            )
+        if self.use_dora:
+            raise ValueError("LoRA-Dash cannot be combined with DoRA (use_dora=True).")
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Write adapter_config.json with `peft_type` = "LORADASH".
+
+        Stock peft then refuses the folder with an unknown-type error rather than loading it as plain LoRA;
+        `loradash.from_pretrained` reads it, and `loradash.export_as_lora` writes a stock-peft folder.
+        """
+        super().save_pretrained(save_directory, **kwargs)
+        path = os.path.join(save_directory, "adapter_config.json")
+        with open(path) as f:
+            data = json.load(f)
+        from . import __version__
+
+        data["peft_type"] = LORADASH_PEFT_TYPE
+        data[CONFIG_MARKER] = __version__
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, directory: str) -> LoraDashConfig:
+        """Read a LoRA-Dash adapter_config.json written by `save_pretrained`."""
+        path = os.path.join(directory, "adapter_config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No adapter_config.json in {directory!r}")
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("peft_type") != LORADASH_PEFT_TYPE:
+            raise ValueError(
+                f"{path} is not a LoRA-Dash adapter (peft_type={data.get('peft_type')!r}); "
+                "load plain peft adapters with peft.PeftModel.from_pretrained"
+            )
+        data.pop(CONFIG_MARKER, None)
+        data["peft_type"] = "LORA"
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown LoraDashConfig keys {unknown} (written by a newer loradash?)")
+        return cls(**data)

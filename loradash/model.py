@@ -1,0 +1,224 @@
+"""Wrapping, the launch clock, loading and export of LoRA-Dash models."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import check_target_module_exists
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import LoraDashConfig
+from .layer import DashLinear, launch_layer
+
+__all__ = [
+    "get_loradash_model",
+    "update_loradash",
+    "launch_loradash",
+    "from_pretrained",
+    "export_as_lora",
+    "dash_layers",
+    "dash_diagnostics",
+]
+
+
+def _register(config: LoraDashConfig) -> LoraDashConfig:
+    # peft's custom-module hook (experimental in 0.21): every nn.Linear target becomes a DashLinear. The mapping
+    # is not saved with the adapter, so loading goes through loradash.from_pretrained, which registers it again.
+    config._register_custom_module({nn.Linear: DashLinear})
+    return config
+
+
+def _check_targets(model: nn.Module, config: LoraDashConfig) -> None:
+    """Reject targets LoRA-Dash cannot adapt, naming the layer, before peft builds anything."""
+    found = False
+    for name, module in model.named_modules():
+        if not name or not check_target_module_exists(config, name):
+            continue
+        base = module.get_base_layer() if isinstance(module, LoraLayer) else module
+        if not isinstance(base, nn.Linear):
+            raise TypeError(
+                f"LoRA-Dash supports nn.Linear targets only; {name!r} is a {type(base).__name__} "
+                "(Conv1D / fan_in_fan_out, embeddings and convolutions are not supported)"
+            )
+        found = True
+        k = min(base.in_features, base.out_features)
+        if config.num_directions > k:
+            raise ValueError(
+                f"num_directions={config.num_directions} exceeds min(out, in) = {k} of target layer {name!r} "
+                f"({base.out_features} x {base.in_features})"
+            )
+    if not found:
+        raise ValueError(f"No module matches target_modules={config.target_modules!r}")
+
+
+def get_loradash_model(
+    model: nn.Module, config: LoraDashConfig, adapter_name: str = "default", **kwargs: Any
+) -> Any:
+    """Wrap `model` with a LoRA-Dash adapter and return the `peft.PeftModel`.
+
+    All LoRA-Dash tensors are allocated here; nothing is added later, so an optimizer built now sees the final
+    parameter set. Call `update_loradash(model, global_step)` after every optimizer step (or use
+    `LoraDashCallback` with `transformers.Trainer`) so the launch happens at step t.
+    """
+    if not isinstance(config, LoraDashConfig):
+        raise TypeError(f"config must be a LoraDashConfig, got {type(config).__name__}")
+    _check_targets(model, config)
+    return get_peft_model(model, _register(config), adapter_name=adapter_name, **kwargs)
+
+
+def dash_layers(model: nn.Module, adapter_name: str | None = None) -> Iterator[tuple[str, DashLinear, str]]:
+    """Yield (module name, layer, adapter) for every LoRA-Dash layer (and adapter) in `model`."""
+    for name, module in model.named_modules():
+        if isinstance(module, DashLinear):
+            for adapter in module.lora_dash_launched:
+                if adapter_name is None or adapter == adapter_name:
+                    yield name, module, adapter
+
+
+def launch_loradash(model: nn.Module, adapter_name: str | None = None) -> int:
+    """Launch every not-yet-launched LoRA-Dash layer now, whatever the clock says. Returns how many launched."""
+    n = 0
+    for _, module, adapter in dash_layers(model, adapter_name):
+        if not module.is_launched(adapter):
+            launch_layer(module, adapter)
+            n += 1
+    return n
+
+
+def update_loradash(model: nn.Module, global_step: int) -> int:
+    """Advance LoRA-Dash's optimizer-step clock: call after every optimizer step with the number of optimizer
+    steps done so far (`global_step`). Launches every layer whose t (prelaunch_steps) has been reached and is
+    not launched yet; later calls are no-ops. Layers on the "forward_call" clock launch themselves and are
+    ignored here. Returns the number of layers launched by this call.
+    """
+    due = [
+        (m, a)
+        for _, m, a in dash_layers(model)
+        if m.dash_clock[a] == "optimizer_step" and global_step >= m.dash_prelaunch_steps[a]
+    ]
+    if not due:
+        return 0
+    # One host sync for all flags instead of one per layer.
+    launched = torch.stack([m.lora_dash_launched[a] for m, a in due]).tolist()
+    n = 0
+    for (module, adapter), done in zip(due, launched, strict=True):
+        if not done:
+            launch_layer(module, adapter)
+            n += 1
+    return n
+
+
+def dash_diagnostics(model: nn.Module, adapter_name: str = "default") -> dict[str, dict[str, Any]]:
+    """Per layer: launched flag, chosen indices, their singular values, lambda, and forward calls counted."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, module, _ in dash_layers(model, adapter_name):
+        out[name] = {
+            "launched": module.is_launched(adapter_name),
+            "indices": module.lora_dash_indices[adapter_name].tolist(),
+            "sigma": [float(x) for x in module.lora_dash_sigma[adapter_name].tolist()],
+            "lambda": [
+                float(x) for x in module.lora_dash_lambda[adapter_name].weight.detach().float().tolist()
+            ],
+            "forward_calls": int(module.lora_dash_forward_calls[adapter_name].item()),
+        }
+    return out
+
+
+def from_pretrained(
+    base_model: nn.Module,
+    directory: str | os.PathLike[str],
+    adapter_name: str = "default",
+    is_trainable: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Load a LoRA-Dash adapter folder written by `model.save_pretrained` onto `base_model`.
+
+    Restores LoRA A/B, the scalars, U_s, Vh_s, the chosen indices, the launch flag and the forward-call count,
+    so a checkpoint saved before the launch resumes in the pre-launch phase. Raises if any LoRA-Dash tensor is
+    missing from the folder.
+    """
+    directory = os.fspath(directory)
+    config = _register(LoraDashConfig.load(directory))
+    config.inference_mode = not is_trainable
+    model = PeftModel.from_pretrained(
+        base_model, directory, adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
+    )
+    _check_complete(model, directory, adapter_name)
+    return model
+
+
+def _check_complete(model: Any, directory: str, adapter_name: str) -> None:
+    path = os.path.join(directory, "adapter_model.safetensors")
+    if not os.path.isfile(path):
+        return  # a .bin checkpoint: peft already validated what it could
+    with safe_open(path, framework="pt") as f:
+        saved = set(f.keys())
+    expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name))
+    missing = sorted(expected - saved)
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} LoRA-Dash tensors, e.g. {missing[:3]}")
+
+
+def export_as_lora(model: Any, directory: str | os.PathLike[str], adapter_name: str = "default") -> None:
+    """Write a plain peft LoRA adapter of rank r + s that reproduces the LoRA-Dash model (up to fp32 rounding).
+
+    The update (alpha/r) B A + U_s diag(lambda) Vh_s has rank <= r + s: stack A' = [A; diag(lambda) Vh_s]
+    ((r+s) x in) and B' = [(alpha/r) B, U_s] (out x (r+s)) and set lora_alpha = r + s so peft's scaling is 1.
+    The folder loads with stock `peft.PeftModel.from_pretrained` (and serving stacks that read peft LoRA).
+    """
+    directory = os.fspath(directory)
+    config = model.peft_config[adapter_name]
+    if not isinstance(config, LoraDashConfig):
+        raise TypeError(f"adapter {adapter_name!r} is not a LoRA-Dash adapter")
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    s = config.num_directions
+    for name, module, adapter in dash_layers(model, adapter_name):
+        if module.merged:
+            raise RuntimeError(f"{name} is merged; unmerge before export_as_lora")
+        key = name  # peft's adapter state-dict keys are the module path without the adapter name
+        A = module.lora_A[adapter].weight.detach().float()  # [r, in]
+        B = module.lora_B[adapter].weight.detach().float()  # [out, r]
+        lam = module.lora_dash_lambda[adapter].weight.detach().float()  # [s]
+        U = module.lora_dash_U[adapter].float()  # [out, s]
+        Vh = module.lora_dash_Vh[adapter].float()  # [s, in]
+        scaling = module.scaling[adapter]
+        dtype = module.lora_A[adapter].weight.dtype
+        state[f"{key}.lora_A.weight"] = torch.cat([A, lam[:, None] * Vh], dim=0).to(dtype).contiguous()
+        state[f"{key}.lora_B.weight"] = torch.cat([B * scaling, U], dim=1).to(dtype).contiguous()
+        if f"{key}.lora_B.bias" in state:  # lora_bias is scaled with B in peft's forward
+            state[f"{key}.lora_B.bias"] = (state[f"{key}.lora_B.bias"].float() * scaling).to(dtype)
+        for k in [k for k in state if k.startswith(f"{key}.lora_dash_")]:
+            del state[k]
+
+    fields = {f.name for f in dataclasses.fields(LoraConfig)} - {"peft_type"}
+    values = {k: getattr(config, k) for k in fields if k in config.__dict__}
+    rank_pattern = {k: v + s for k, v in (config.rank_pattern or {}).items()}
+    values.update(
+        r=config.r + s,
+        lora_alpha=config.r + s,
+        use_rslora=False,
+        rank_pattern=rank_pattern,
+        # scaling 1 everywhere: alpha equals the (new) rank of every layer
+        alpha_pattern={
+            k: rank_pattern.get(k, config.r + s) for k in {*rank_pattern, *(config.alpha_pattern or {})}
+        },
+        init_lora_weights=True,
+        inference_mode=True,
+    )
+    lora_config = LoraConfig(**values)
+    os.makedirs(directory, exist_ok=True)
+    lora_config.save_pretrained(directory)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in state.items()},
+        os.path.join(directory, "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
