@@ -1,0 +1,116 @@
+"""Profiles pick the scale of a family's sweep: which experiments, seeds, learning-rate grid, overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments.config import ConfigError, check_layer, family_dir, list_experiments, read_yaml
+
+PROFILE_KEYS = {
+    "description",
+    "overrides",
+    "method_overrides",
+    "experiments",
+    "seeds",
+    "tune_seeds",
+    "lr_grid",
+    "jobs",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Args:
+    experiments: the experiment folders this profile runs.
+    tune_seeds: seeds run over the whole learning-rate grid; the rate with the best mean validation metric
+        over them is chosen per experiment (never a test metric).
+    seeds: seeds reported in the tables, all at the chosen rate (tune seeds are reused, not rerun).
+    lr_grid: method name -> grid; "default" for methods not listed.
+    method_overrides: method name -> hyper-parameters replaced at this scale (e.g. LoRA-Dash's t for smoke).
+    jobs: runs executed in parallel (each in its own process).
+    """
+
+    family: str
+    name: str
+    description: str
+    overrides: dict[str, Any]
+    experiments: tuple[str, ...]
+    seeds: tuple[int, ...]
+    tune_seeds: tuple[int, ...]
+    lr_grid: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: int = 1
+
+    @property
+    def source(self) -> str:
+        return f"{family_dir(self.family) / 'profiles.yaml'}[{self.name}]"
+
+    def grid_for(self, method: str) -> tuple[float, ...]:
+        return self.lr_grid.get(method) or self.lr_grid["default"]
+
+
+def list_profiles(family: str) -> list[str]:
+    return list((read_yaml(family_dir(family) / "profiles.yaml") or {}).keys())
+
+
+def load_profile(family: str, name: str) -> Profile:
+    path = family_dir(family) / "profiles.yaml"
+    data = read_yaml(path) or {}
+    if name not in data:
+        raise ValueError(f"unknown profile {name!r} for {family} (known: {', '.join(data)})")
+    raw = data[name]
+    src = f"{path}[{name}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(src, name, "must be a mapping")
+    unknown = set(raw) - PROFILE_KEYS
+    if unknown:
+        raise ConfigError(src, sorted(unknown)[0], f"unknown key (known: {', '.join(sorted(PROFILE_KEYS))})")
+    check_layer(raw.get("overrides"), src)
+    known = list_experiments(family)
+    exps = raw.get("experiments", "all")
+    exps = known if exps == "all" else exps
+    if not isinstance(exps, list) or not exps:
+        raise ConfigError(src, "experiments", "must be 'all' or a non-empty list")
+    for e in exps:
+        if e not in known:
+            raise ConfigError(src, "experiments", f"unknown experiment {e!r} (known: {', '.join(known)})")
+    seeds = raw.get("seeds", [0])
+    tune = raw.get("tune_seeds", seeds[:1])
+    for key, v in (("seeds", seeds), ("tune_seeds", tune)):
+        if (
+            not isinstance(v, list)
+            or not v
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in v)
+        ):
+            raise ConfigError(src, key, "must be a non-empty list of integers")
+    grid = raw.get("lr_grid", {})
+    if not isinstance(grid, dict) or "default" not in grid:
+        raise ConfigError(src, "lr_grid", "must be a mapping with a 'default' grid")
+    for method, values in grid.items():
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in values)
+        ):
+            raise ConfigError(src, f"lr_grid.{method}", "must be a non-empty list of positive numbers")
+    method_overrides = raw.get("method_overrides") or {}
+    if not isinstance(method_overrides, dict) or not all(
+        isinstance(v, dict) for v in method_overrides.values()
+    ):
+        raise ConfigError(src, "method_overrides", "must map method names to mappings of hyper-parameters")
+    jobs = raw.get("jobs", 1)
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(src, "jobs", "must be an integer >= 1")
+    return Profile(
+        family=family,
+        name=name,
+        description=str(raw.get("description", "")),
+        overrides=raw.get("overrides") or {},
+        experiments=tuple(exps),
+        seeds=tuple(seeds),
+        tune_seeds=tuple(tune),
+        lr_grid={k: tuple(float(x) for x in v) for k, v in grid.items()},
+        method_overrides=method_overrides,
+        jobs=jobs,
+    )
