@@ -158,9 +158,13 @@ def _build(section: str, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def validate_values(cfg: ExperimentConfig, source: str) -> None:
-    """Checks of values (not types) on the merged config."""
+def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
+    """Checks of values (not types) on the merged config; errors name the file that set the key."""
     t, d = cfg.train, cfg.data
+
+    def src(key: str) -> str:
+        return origin.get(key, origin.get("<experiment>", "<config>"))
+
     positive = {
         "train.max_steps": t.max_steps,
         "train.batch_size": t.batch_size,
@@ -172,23 +176,27 @@ def validate_values(cfg: ExperimentConfig, source: str) -> None:
     }
     for key, value in positive.items():
         if value < 1:
-            raise ConfigError(source, key, f"must be >= 1, got {value}")
+            raise ConfigError(src(key), key, f"must be >= 1, got {value}")
     if t.lr <= 0:
-        raise ConfigError(source, "train.lr", f"must be > 0, got {t.lr}")
+        raise ConfigError(src("train.lr"), "train.lr", f"must be > 0, got {t.lr}")
     if t.batch_size % t.grad_accum:
         raise ConfigError(
-            source, "train.batch_size", f"{t.batch_size} is not divisible by grad_accum={t.grad_accum}"
+            src("train.grad_accum"),
+            "train.batch_size",
+            f"{t.batch_size} is not divisible by grad_accum={t.grad_accum}",
         )
     if t.warmup_steps < 0 or t.weight_decay < 0:
-        raise ConfigError(source, "train", "warmup_steps and weight_decay must be >= 0")
+        raise ConfigError(src("train.warmup_steps"), "train", "warmup_steps and weight_decay must be >= 0")
     for key in ("train_examples", "test_examples_per_task"):
         v = getattr(d, key)
         if v is not None and v < 1:
-            raise ConfigError(source, f"data.{key}", f"must be >= 1 or null, got {v}")
+            raise ConfigError(src(f"data.{key}"), f"data.{key}", f"must be >= 1 or null, got {v}")
     if not d.eval_tasks:
-        raise ConfigError(source, "data.eval_tasks", "must name at least one task")
+        raise ConfigError(src("data.eval_tasks"), "data.eval_tasks", "must name at least one task")
     if not cfg.model.target_modules and cfg.method.name != "full":
-        raise ConfigError(source, "model.target_modules", "an adapter method needs target modules")
+        raise ConfigError(
+            src("model.target_modules"), "model.target_modules", "an adapter method needs target modules"
+        )
 
 
 def read_yaml(path: Path) -> Any:
@@ -235,6 +243,14 @@ def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any]
         raise ConfigError(exp_path, "method", "must be a mapping with a string 'name'")
     check_layer(exp.get("overrides"), exp_path)
     merged = merge(defaults, profile_overrides, exp.get("overrides"))
+    origin = {"<experiment>": str(exp_path)}
+    for layer, source in (
+        (defaults, defaults_path),
+        (profile_overrides, profile_source),
+        (exp.get("overrides"), exp_path),
+    ):
+        for section, values in (layer or {}).items():
+            origin |= {f"{section}.{k}": str(source) for k in values}
     try:
         sections = {s: _build(s, v) for s, v in merged.items()}
     except (TypeError, ValueError) as e:
@@ -248,7 +264,7 @@ def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any]
         sources=(str(defaults_path), profile_source, str(exp_path)),
         **sections,
     )
-    validate_values(cfg, str(exp_path))
+    validate_values(cfg, origin)
     return cfg
 
 

@@ -119,7 +119,9 @@ def _git(*args: str) -> str:
 
 def git_state() -> dict[str, Any]:
     commit = _git("rev-parse", "HEAD") or None
-    status = _git("status", "--porcelain", "--", "loradash", "baselines", "experiments")
+    status = _git(
+        "status", "--porcelain", "--untracked-files=no", "--", "loradash", "baselines", "experiments"
+    )
     return {"commit": commit, "dirty": bool(status) if commit else None}
 
 
