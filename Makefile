@@ -41,6 +41,7 @@ format: setup
 
 bench: setup
 	$(BIN)/python bench/bench_loradash.py
+	$(BIN)/python bench/bench_generation.py
 
 plan: setup
 	$(EXP) list --profile $(PROFILE) --results-dir $(RESULTS_DIR)

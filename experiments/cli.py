@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p_list = sub.add_parser("list", help="the plan of a profile: which runs exist and which are missing")
     _common(p_list)
+    p_list.add_argument(
+        "--estimate", action="store_true", help="add GPU memory and GPU-hours (full-scale models)"
+    )
 
     p_tables = sub.add_parser("tables", help="regenerate tables, plots and the verdict from the run records")
     _common(p_tables)
@@ -92,11 +95,22 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.sweep import plan_status
 
         rows = plan_status(args.family, args.profile, args.results_dir)
+        estimates = _estimates(args.family, args.profile) if args.estimate else {}
         for r in rows:
             lr = "-" if r["lr"] is None else f"{r['lr']:g}"
-            print(f"{r['status']:>20}  {r['stage']:5}  {r['experiment']:<16} seed={r['seed']} lr={lr}")
+            line = f"{r['status']:>20}  {r['stage']:5}  {r['experiment']:<28} seed={r['seed']} lr={lr}"
+            if r["experiment"] in estimates:
+                e = estimates[r["experiment"]]
+                line += (f"  trainable={e['trainable']:,} steps={e['steps']:,} ~{e['memory_gb']:.0f} GB"
+                         f"{'' if e['fits_80gb'] else ' (shard: FSDP/ZeRO)'} ~{e['gpu_hours']:.1f} GPU-h")  # fmt: skip
+            print(line)
         done = sum(r["status"] == "complete" for r in rows)
         print(f"{done}/{len(rows)} complete")
+        if estimates:
+            from experiments.estimate import ASSUMPTIONS
+
+            total = sum(estimates[r["experiment"]]["gpu_hours"] for r in rows if r["experiment"] in estimates)
+            print(f"estimated total: {total:.0f} H100 GPU-hours; rough, assuming {ASSUMPTIONS}")
     elif args.command == "tables":
         from experiments.tables import write_tables
 
@@ -107,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print_budget(args.family, args.method, args.rank, args.experiment)
     return 0
+
+
+def _estimates(family: str, profile_name: str) -> dict[str, dict]:
+    from experiments.estimate import estimate_run
+    from experiments.profiles import load_profile
+    from experiments.sweep import load_configs
+
+    return {name: estimate_run(cfg) for name, cfg in load_configs(load_profile(family, profile_name)).items()}
 
 
 if __name__ == "__main__":

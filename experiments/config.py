@@ -36,6 +36,8 @@ class ModelConfig:
     target_modules: tuple[str, ...] = ("query", "key", "value", "dense")
     modules_to_save: tuple[str, ...] = ("classifier",)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    tokenizer: str | None = None  # None: the model's own
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,18 @@ class DataConfig:
     train_examples: int | None = None  # subset of the training mix (after the validation split); None = all
     val_examples: int = 200  # carved out of the training data, never from a test set
     test_examples_per_task: int | None = None  # fixed random subset of each test set; None = all
-    max_seq_len: int = 64
+    max_seq_len: int = 64  # multiple choice: tokens per (question, choice) pair
     split_seed: int = 42  # the same subsets and validation split for every method and seed
+    # causal LM (paper protocol): Alpaca prompt template for training, cutoff, loss on the prompt too
+    prompt_template: Literal["train", "eval"] = "train"
+    cutoff_len: int = 256
+    train_on_inputs: bool = True
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = 300  # optimizer steps
+    max_steps: int | None = 300  # optimizer steps; null when `epochs` is set
+    epochs: int | None = None  # alternatively: passes over the training data (the paper: 3)
     batch_size: int = 8  # examples per optimizer step (split over grad_accum micro-batches)
     grad_accum: int = 1
     lr: float = 1e-3  # overridden by the sweep's learning-rate grid
@@ -68,6 +75,20 @@ class TrainConfig:
     eval_batch_size: int = 32
     selection_metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     num_threads: int | None = None  # torch CPU threads; None = torch's default
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the test sets are scored (causal LMs; multiple-choice models always use argmax scoring)."""
+
+    protocols: tuple[Literal["generation", "loglikelihood"], ...] = ("generation",)
+    num_beams: int = 4
+    max_new_tokens: int = 32
+    greedy: bool = False
+    batch_size: int = 16
+    prompt_template: Literal["train", "eval"] = "eval"
+    reference_extraction: bool = False  # True: the reference's case-sensitive substring matching
+    loglikelihood_limit: int | None = None  # lm-eval items per task (None = all)
 
 
 @dataclass(frozen=True)
@@ -84,13 +105,19 @@ class ExperimentConfig:
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
+    eval: EvalConfig = EvalConfig()
     sources: tuple[str, ...] = ()  # files that produced this config, in merge order
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
 
 
 def _check_type(value: Any, tp: Any) -> bool:
@@ -165,8 +192,10 @@ def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
     def src(key: str) -> str:
         return origin.get(key, origin.get("<experiment>", "<config>"))
 
+    if (t.max_steps is None) == (t.epochs is None):
+        raise ConfigError(src("train.epochs"), "train.max_steps", "set exactly one of max_steps and epochs")
     positive = {
-        "train.max_steps": t.max_steps,
+        "train.max_steps" if t.max_steps is not None else "train.epochs": t.max_steps or t.epochs or 0,
         "train.batch_size": t.batch_size,
         "train.grad_accum": t.grad_accum,
         "train.eval_every": t.eval_every,

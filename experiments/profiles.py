@@ -26,7 +26,8 @@ class Profile:
     tune_seeds: seeds run over the whole learning-rate grid; the rate with the best mean validation metric
         over them is chosen per experiment (never a test metric).
     seeds: seeds reported in the tables, all at the chosen rate (tune seeds are reused, not rerun).
-    lr_grid: method name -> grid; "default" for methods not listed.
+    lr_grid: method name -> grid; "default" for methods not listed; the word "config" instead of a list means
+        the experiment's own `train.lr` (a fixed protocol such as the paper's).
     method_overrides: method name -> hyper-parameters replaced at this scale (e.g. LoRA-Dash's t for smoke).
     jobs: runs executed in parallel (each in its own process).
     """
@@ -38,7 +39,7 @@ class Profile:
     experiments: tuple[str, ...]
     seeds: tuple[int, ...]
     tune_seeds: tuple[int, ...]
-    lr_grid: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    lr_grid: dict[str, tuple[float, ...] | str] = field(default_factory=dict)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: int = 1
 
@@ -46,8 +47,15 @@ class Profile:
     def source(self) -> str:
         return f"{family_dir(self.family) / 'profiles.yaml'}[{self.name}]"
 
-    def grid_for(self, method: str) -> tuple[float, ...]:
-        return self.lr_grid.get(method) or self.lr_grid["default"]
+    def grid_for(self, method: str, config_lr: float | None = None) -> tuple[float, ...]:
+        grid = self.lr_grid.get(method) or self.lr_grid["default"]
+        if grid == "config":
+            if config_lr is None:
+                raise ValueError(
+                    f"profile {self.name}: the learning rate of {method} comes from each experiment's config"
+                )
+            return (float(config_lr),)
+        return grid  # type: ignore[return-value]
 
 
 def list_profiles(family: str) -> list[str]:
@@ -88,12 +96,16 @@ def load_profile(family: str, name: str) -> Profile:
     if not isinstance(grid, dict) or "default" not in grid:
         raise ConfigError(src, "lr_grid", "must be a mapping with a 'default' grid")
     for method, values in grid.items():
+        if values == "config":
+            continue
         if (
             not isinstance(values, list)
             or not values
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in values)
         ):
-            raise ConfigError(src, f"lr_grid.{method}", "must be a non-empty list of positive numbers")
+            raise ConfigError(
+                src, f"lr_grid.{method}", "must be 'config' or a non-empty list of positive numbers"
+            )
     method_overrides = raw.get("method_overrides") or {}
     if not isinstance(method_overrides, dict) or not all(
         isinstance(v, dict) for v in method_overrides.values()
@@ -110,7 +122,7 @@ def load_profile(family: str, name: str) -> Profile:
         experiments=tuple(exps),
         seeds=tuple(seeds),
         tune_seeds=tuple(tune),
-        lr_grid={k: tuple(float(x) for x in v) for k, v in grid.items()},
+        lr_grid={k: v if v == "config" else tuple(float(x) for x in v) for k, v in grid.items()},
         method_overrides=method_overrides,
         jobs=jobs,
     )

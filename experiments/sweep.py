@@ -54,7 +54,7 @@ def tune_plan(profile: Profile, configs: dict[str, ExperimentConfig], results_di
             name, seed, lr, "tune", run_path(results_dir, profile.name, profile.family, name, seed, lr)
         )
         for name, cfg in configs.items()
-        for lr in profile.grid_for(cfg.method.name)
+        for lr in profile.grid_for(cfg.method.name, cfg.train.lr)
         for seed in profile.tune_seeds
     ]
 
@@ -63,7 +63,7 @@ def choose_lr(profile: Profile, cfg: ExperimentConfig, results_dir: Path) -> dic
     """The grid rate with the best mean validation metric over the tuning seeds (ties: the smaller rate).
     None while a tuning run of this experiment is not complete."""
     scores = {}
-    for lr in profile.grid_for(cfg.method.name):
+    for lr in profile.grid_for(cfg.method.name, cfg.train.lr):
         vals = []
         for seed in profile.tune_seeds:
             rec = read_record(run_path(results_dir, profile.name, profile.family, cfg.name, seed, lr))

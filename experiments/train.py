@@ -9,6 +9,7 @@ code on many GPUs.
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 import traceback
@@ -33,13 +34,18 @@ from experiments.results import (
 
 
 def _family_run(cfg: ExperimentConfig) -> Any:
-    # One entry per experiment family; each provides the same small interface (see CommonsenseRun).
-    from experiments.commonsense.family import CommonsenseRun
-
-    families: dict[str, Callable[[ExperimentConfig], Any]] = {"commonsense": CommonsenseRun}
-    if cfg.family not in families:
-        raise ValueError(f"no training-loop entry for family {cfg.family!r} (known: {', '.join(families)})")
-    return families[cfg.family](cfg)
+    # One entry per (family, model kind); each provides the same small interface (see CommonsenseRun):
+    # build_model, train_loader, num_train, loss, validate, evaluate_test, identity.
+    runners: dict[tuple[str, str], str] = {
+        ("commonsense", "multiple_choice"): "experiments.commonsense.family:CommonsenseRun",
+        ("commonsense_llm", "causal_lm"): "experiments.commonsense.causal_family:CommonsenseCausalRun",
+    }
+    key = (cfg.family, cfg.model.kind)
+    if key not in runners:
+        raise ValueError(f"no training-loop entry for family/model kind {key} (known: {sorted(runners)})")
+    module, cls = runners[key].split(":")
+    runner: Callable[[ExperimentConfig], Any] = getattr(importlib.import_module(module), cls)
+    return runner(cfg)
 
 
 def _cycle(loader: Any) -> Iterator[Any]:
@@ -60,6 +66,7 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Train one run and return the record fields of a complete run."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
@@ -67,20 +74,26 @@ def train_and_evaluate(
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     set_seed(seed)  # the harness owns the process: dropout and the head's init follow the run's seed
+    # Runs of one in-process sweep may differ in mixed precision; the process-level state is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum)
     family = _family_run(cfg)
+    max_steps = t.max_steps or (t.epochs or 0) * math.ceil(family.num_train / t.batch_size)
     method = build_method(cfg.method.name, **cfg.method.params)
+    base = family.build_model()
+    if cfg.model.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need an input grad
     model = method.wrap(
-        family.build_model(),
-        target_modules=list(cfg.model.target_modules),
-        modules_to_save=list(cfg.model.modules_to_save),
+        base, target_modules=list(cfg.model.target_modules), modules_to_save=list(cfg.model.modules_to_save)
     )
     counts = method.counts(model)
     total_model = sum(p.numel() for p in model.parameters())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.schedule == "linear":
-        scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.max_steps)
+        scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, max_steps)
     else:
         scheduler = get_constant_schedule_with_warmup(optimizer, t.warmup_steps)
     loader = family.train_loader(seed, t.batch_size // t.grad_accum)
@@ -92,10 +105,10 @@ def train_and_evaluate(
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     sign = -1.0 if t.selection_metric == "val_loss" else 1.0
     step, examples, t0 = 0, 0, time.perf_counter()
-    bar = tqdm(total=t.max_steps, disable=not progress, desc=f"{cfg.name} s{seed} lr{t.lr:g}", mininterval=5)
+    bar = tqdm(total=max_steps, disable=not progress, desc=f"{cfg.name} s{seed} lr{t.lr:g}", mininterval=5)
     batches = _cycle(loader)
     model.train()
-    while step < t.max_steps:
+    while step < max_steps:
         batch = next(batches)
         with accelerator.accumulate(model):
             loss = family.loss(model, batch)
@@ -115,7 +128,7 @@ def train_and_evaluate(
         method.on_optimizer_step(raw_model, step)  # method hooks run on the optimizer-step clock
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{examples / (time.perf_counter() - t0):.1f}")
-        if step % t.eval_every == 0 or step == t.max_steps:
+        if step % t.eval_every == 0 or step == max_steps:
             metrics = family.validate(model, accelerator.device)
             curve.append({"step": step, **metrics})
             score = sign * metrics[t.selection_metric]
@@ -131,7 +144,7 @@ def train_and_evaluate(
     if "launch_step" in diagnostics and diagnostics["launch_step"] is not None:
         # Adam moves each scalar by at most ~lr per step, so |lambda| <= sum of post-launch learning rates.
         launch = int(diagnostics["launch_step"])
-        diagnostics["lr_x_post_launch_steps"] = t.lr * max(0, t.max_steps - launch)
+        diagnostics["lr_x_post_launch_steps"] = t.lr * max(0, max_steps - launch)
         diagnostics["scheduled_lr_sum_after_launch"] = float(sum(lrs[launch:]))
         diagnostics["best_step_after_launch"] = best[1] > launch
     return {
@@ -147,6 +160,7 @@ def train_and_evaluate(
         "selection_metric": t.selection_metric,
         "train_time_s": train_time,
         "examples_seen": examples,
+        "max_steps": max_steps,
         "diagnostics": diagnostics,
         "identity": family.identity(),
     }

@@ -36,7 +36,7 @@ def test_every_shipped_config_validates(profile, name):
     method = build_method(cfg.method.name, **cfg.method.params)  # method hyper-parameters validate too
     assert cfg.method.name in available_methods()
     assert dict(method.params).items() >= cfg.method.params.items()
-    assert p.grid_for(cfg.method.name)
+    assert p.grid_for(cfg.method.name, cfg.train.lr)
 
 
 @pytest.fixture

@@ -93,6 +93,10 @@ class CommonsenseRun:
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
 
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForMultipleChoice
 

@@ -1,0 +1,208 @@
+"""The commonsense family for causal LMs (the paper's Table 1 setup), for the same training loop.
+
+Training: the Alpaca prompt + output of every commonsense_170k item (loss on the prompt too by default,
+cutoff 256, EOS appended), 120 items held out with seed 42 for the validation loss (best checkpoint by it).
+Test: the paper protocol (beam-4 generation, first label match; accuracy and no-answer rate) and, when asked,
+the log-likelihood protocol through lm-eval. Each result says which protocol produced it.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from experiments.commonsense.data import Example, load_examples, load_mixed, task_file
+from experiments.commonsense.family import resolve_data_dir, resolve_model
+from experiments.commonsense.generation import evaluate_generation, pad_token_id
+from experiments.commonsense.prompts import tokenize_for_training, validation_split
+from experiments.config import ExperimentConfig
+from experiments.results import file_sha256
+
+
+def _as_item(e: Example) -> dict[str, str]:
+    return {"instruction": e.instruction, "input": e.input, "output": e.output}
+
+
+def _pad_collate(features: list[dict[str, list[int]]], *, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad input_ids / attention_mask with pad_id / 0 and labels with -100 (ignored by the loss)."""
+    n = max(len(f["input_ids"]) for f in features)
+
+    def pad(key: str, value: int) -> torch.Tensor:
+        return torch.tensor([f[key] + [value] * (n - len(f[key])) for f in features])
+
+    return {
+        "input_ids": pad("input_ids", pad_id),
+        "attention_mask": pad("attention_mask", 0),
+        "labels": pad("labels", -100),
+    }
+
+
+class CommonsenseCausalRun:
+    """Data, model, loss, validation and test scoring of one causal-LM run (see CommonsenseRun for the contract)."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        d = cfg.data
+        self.data_dir = resolve_data_dir(d.data_dir)
+        files: list[Path] = []
+        if d.train_file:
+            files.append(self.data_dir / d.train_file)
+            pool = load_mixed(files[-1])
+        else:
+            pool = []
+            for task in d.train_tasks:
+                files.append(task_file(task, "train", self.data_dir))
+                pool += load_examples(task, files[-1])
+        if len(pool) <= d.val_examples:
+            raise ValueError(f"{len(pool)} training examples cannot spare data.val_examples={d.val_examples}")
+        # The reference's split (datasets train_test_split, shuffle, seed): the same 120 items for every run.
+        train, self.val = validation_split(pool, n=d.val_examples, seed=d.split_seed)
+        self.train = train[: d.train_examples] if d.train_examples else train
+        self.test: dict[str, list[Example]] = {}
+        self.missing_tasks: list[str] = []
+        for task in d.eval_tasks:
+            path = task_file(task, "test", self.data_dir)
+            if not path.is_file():
+                self.missing_tasks.append(task)
+                continue
+            files.append(path)
+            items = load_examples(task, path)
+            n = d.test_examples_per_task
+            if n is not None and n < len(items):
+                keep = sorted(random.Random(f"{d.split_seed}-{task}").sample(range(len(items)), n))
+                items = [items[i] for i in keep]
+            self.test[task] = items
+        if not self.test:
+            raise FileNotFoundError(
+                f"none of data.eval_tasks {list(d.eval_tasks)} has a test file in {self.data_dir}"
+            )
+        self.data_files = files
+        self.model_path = resolve_model(cfg.model.name)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or self.model_path)
+        self.pad_id = pad_token_id(self.tokenizer)
+        tok = partial(
+            tokenize_for_training,
+            self.tokenizer,
+            cutoff_len=d.cutoff_len,
+            train_on_inputs=d.train_on_inputs,
+            template=d.prompt_template,
+        )
+        self._train_features = [tok(_as_item(e)) for e in self.train]
+        self._val_features = [tok(_as_item(e)) for e in self.val]
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    def build_model(self) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=getattr(torch, self.cfg.model.dtype)
+        )
+
+    def train_loader(self, seed: int, micro_batch_size: int) -> DataLoader:
+        return DataLoader(
+            self._train_features,  # type: ignore[arg-type]
+            batch_size=micro_batch_size,
+            shuffle=True,
+            drop_last=False,
+            generator=torch.Generator().manual_seed(seed),
+            collate_fn=partial(_pad_collate, pad_id=self.pad_id),
+        )
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**batch).loss
+
+    @torch.no_grad()
+    def validate(self, model: torch.nn.Module, device: Any) -> dict[str, float]:
+        """Mean token loss over the held-out items (the reference's eval_loss, the checkpoint criterion)."""
+        was_training = model.training
+        model.eval()
+        total, tokens = 0.0, 0
+        bs = self.cfg.train.eval_batch_size
+        for start in range(0, len(self._val_features), bs):
+            batch = _pad_collate(self._val_features[start : start + bs], pad_id=self.pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            total += float(model(**batch).loss) * n
+            tokens += n
+        model.train(was_training)
+        return {"val_loss": total / max(1, tokens)}
+
+    def evaluate_test(self, model: torch.nn.Module, device: Any) -> dict[str, Any]:
+        e = self.cfg.eval
+        protocols: dict[str, Any] = {}
+        per_task: dict[str, Any] = {}
+        if "generation" in e.protocols:
+            model.eval()
+            for task, items in self.test.items():
+                res = evaluate_generation(
+                    model,
+                    self.tokenizer,
+                    items,
+                    batch_size=e.batch_size,
+                    num_beams=e.num_beams,
+                    max_new_tokens=e.max_new_tokens,
+                    greedy=e.greedy,
+                    template=e.prompt_template,
+                    reference_extraction=e.reference_extraction,
+                )
+                per_task[task] = {
+                    "accuracy": res.accuracy,
+                    "no_answer_rate": res.no_answer_rate,
+                    "n": res.n,
+                    "correct": [int(i.correct) for i in res.items],
+                    "outputs": res.outputs[:20],  # a sample of raw outputs, for format failures
+                }
+            protocols["generation"] = {"settings": res.settings} if self.test else {}
+        if "loglikelihood" in e.protocols:
+            protocols["loglikelihood"] = self._loglikelihood(model)
+        mean = sum(r["accuracy"] for r in per_task.values()) / len(per_task) if per_task else float("nan")
+        return {
+            "protocol": "generation (paper: beam search, first label match)" if per_task else "loglikelihood",
+            "per_task": per_task,
+            "mean_accuracy": mean,
+            "missing_tasks": self.missing_tasks,
+            "protocols": protocols,
+        }
+
+    def _loglikelihood(self, model: torch.nn.Module) -> dict[str, Any]:
+        from experiments.commonsense.lmeval import run_lmeval
+
+        return run_lmeval(
+            model,
+            tasks=list(self.test),
+            data_dir=self.data_dir,
+            tokenizer=self.tokenizer,
+            limit=self.cfg.eval.loglikelihood_limit,
+            batch_size=self.cfg.eval.batch_size,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        weights = (
+            [p for p in Path(self.model_path).glob("*.safetensors")] if Path(self.model_path).is_dir() else []
+        )
+        return {
+            "model": {
+                "name": self.cfg.model.name,
+                "path": self.model_path,
+                "weights_sha256": {p.name: file_sha256(p) for p in weights[:4]}
+                if len(weights) <= 4
+                else "sharded",
+            },
+            "data": {
+                "data_dir": str(self.data_dir),
+                "files": {str(p.relative_to(self.data_dir)): file_sha256(p) for p in self.data_files},
+                "n_train": len(self.train),
+                "n_val": len(self.val),
+                "n_test": {t: len(v) for t, v in self.test.items()},
+            },
+        }
