@@ -8,20 +8,17 @@ the log-likelihood protocol through lm-eval. Each result says which protocol pro
 
 from __future__ import annotations
 
-import random
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from experiments.commonsense.data import Example, load_examples, load_mixed, task_file
-from experiments.commonsense.family import resolve_data_dir, resolve_model
+from experiments.commonsense.data import Example
+from experiments.commonsense.family import CommonsenseRun
 from experiments.commonsense.generation import evaluate_generation, pad_token_id
 from experiments.commonsense.prompts import tokenize_for_training, validation_split
 from experiments.config import ExperimentConfig
-from experiments.results import file_sha256
 
 
 def _as_item(e: Example) -> dict[str, str]:
@@ -42,50 +39,13 @@ def _pad_collate(features: list[dict[str, list[int]]], *, pad_id: int) -> dict[s
     }
 
 
-class CommonsenseCausalRun:
-    """Data, model, loss, validation and test scoring of one causal-LM run (see CommonsenseRun for the contract)."""
+class CommonsenseCausalRun(CommonsenseRun):
+    """Data, model, loss, validation and test scoring of one causal-LM run (the contract of CommonsenseRun;
+    data loading and identity are shared with it, the validation split is the reference's)."""
 
     def __init__(self, cfg: ExperimentConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         d = cfg.data
-        self.data_dir = resolve_data_dir(d.data_dir)
-        files: list[Path] = []
-        if d.train_file:
-            files.append(self.data_dir / d.train_file)
-            pool = load_mixed(files[-1])
-        else:
-            pool = []
-            for task in d.train_tasks:
-                files.append(task_file(task, "train", self.data_dir))
-                pool += load_examples(task, files[-1])
-        if len(pool) <= d.val_examples:
-            raise ValueError(f"{len(pool)} training examples cannot spare data.val_examples={d.val_examples}")
-        # The reference's split (datasets train_test_split, shuffle, seed): the same 120 items for every run.
-        train, self.val = validation_split(pool, n=d.val_examples, seed=d.split_seed)
-        self.train = train[: d.train_examples] if d.train_examples else train
-        self.test: dict[str, list[Example]] = {}
-        self.missing_tasks: list[str] = []
-        for task in d.eval_tasks:
-            path = task_file(task, "test", self.data_dir)
-            if not path.is_file():
-                self.missing_tasks.append(task)
-                continue
-            files.append(path)
-            items = load_examples(task, path)
-            n = d.test_examples_per_task
-            if n is not None and n < len(items):
-                keep = sorted(random.Random(f"{d.split_seed}-{task}").sample(range(len(items)), n))
-                items = [items[i] for i in keep]
-            self.test[task] = items
-        if not self.test:
-            raise FileNotFoundError(
-                f"none of data.eval_tasks {list(d.eval_tasks)} has a test file in {self.data_dir}"
-            )
-        self.data_files = files
-        self.model_path = resolve_model(cfg.model.name)
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or self.model_path)
         self.pad_id = pad_token_id(self.tokenizer)
         tok = partial(
             tokenize_for_training,
@@ -97,9 +57,9 @@ class CommonsenseCausalRun:
         self._train_features = [tok(_as_item(e)) for e in self.train]
         self._val_features = [tok(_as_item(e)) for e in self.val]
 
-    @property
-    def num_train(self) -> int:
-        return len(self.train)
+    def split_validation(self, pool: list[Example]) -> tuple[list[Example], list[Example]]:
+        # The reference's split (datasets train_test_split, shuffle, seed 42): the same 120 items as the paper.
+        return validation_split(pool, n=self.cfg.data.val_examples, seed=self.cfg.data.split_seed)
 
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
@@ -185,24 +145,3 @@ class CommonsenseCausalRun:
             limit=self.cfg.eval.loglikelihood_limit,
             batch_size=self.cfg.eval.batch_size,
         )
-
-    def identity(self) -> dict[str, Any]:
-        weights = (
-            [p for p in Path(self.model_path).glob("*.safetensors")] if Path(self.model_path).is_dir() else []
-        )
-        return {
-            "model": {
-                "name": self.cfg.model.name,
-                "path": self.model_path,
-                "weights_sha256": {p.name: file_sha256(p) for p in weights[:4]}
-                if len(weights) <= 4
-                else "sharded",
-            },
-            "data": {
-                "data_dir": str(self.data_dir),
-                "files": {str(p.relative_to(self.data_dir)): file_sha256(p) for p in self.data_files},
-                "n_train": len(self.train),
-                "n_val": len(self.val),
-                "n_test": {t: len(v) for t, v in self.test.items()},
-            },
-        }

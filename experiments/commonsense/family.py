@@ -41,57 +41,69 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     return p if p.is_absolute() else (REPO_ROOT / p).resolve()
 
 
+def load_train_pool(cfg: ExperimentConfig, data_dir: Path) -> tuple[list[Example], list[Path]]:
+    """The training pool (a mixed file such as commonsense_170k.json, or the listed tasks' train sets)."""
+    d = cfg.data
+    if d.train_file:
+        files = [data_dir / d.train_file]
+        pool = load_mixed(files[0])
+    else:
+        files = [task_file(task, "train", data_dir) for task in d.train_tasks]
+        pool = [e for task, f in zip(d.train_tasks, files, strict=True) for e in load_examples(task, f)]
+    if len(pool) <= d.val_examples:
+        raise ValueError(f"{len(pool)} training examples cannot spare data.val_examples={d.val_examples}")
+    return pool, files
+
+
+def load_test_sets(
+    cfg: ExperimentConfig, data_dir: Path
+) -> tuple[dict[str, list[Example]], list[str], list[Path]]:
+    """Each eval task's test set (a fixed random subset when `test_examples_per_task` is set), the tasks
+    without a test file (reported, not silently dropped), and the files read."""
+    d = cfg.data
+    test: dict[str, list[Example]] = {}
+    missing: list[str] = []
+    files: list[Path] = []
+    for task in d.eval_tasks:
+        path = task_file(task, "test", data_dir)
+        if not path.is_file():
+            missing.append(task)
+            continue
+        files.append(path)
+        items = load_examples(task, path)
+        n = d.test_examples_per_task
+        if n is not None and n < len(items):
+            keep = sorted(random.Random(f"{d.split_seed}-{task}").sample(range(len(items)), n))
+            items = [items[i] for i in keep]
+        test[task] = items
+    if not test:
+        raise FileNotFoundError(f"none of data.eval_tasks {list(d.eval_tasks)} has a test file in {data_dir}")
+    return test, missing, files
+
+
 class CommonsenseRun:
     """Everything the loop needs for one run of the commonsense family (multiple-choice scoring)."""
 
     def __init__(self, cfg: ExperimentConfig):
-        if cfg.model.kind != "multiple_choice":
-            raise ValueError(
-                f"model.kind={cfg.model.kind!r}: the CPU harness scores commonsense as multiple choice; "
-                "the causal-LM generation protocol lives in experiments.commonsense.generation"
-            )
         self.cfg = cfg
         d = cfg.data
         self.data_dir = resolve_data_dir(d.data_dir)
-        files: list[Path] = []
-        if d.train_file:
-            files.append(self.data_dir / d.train_file)
-            pool = load_mixed(files[-1])
-        else:
-            pool = []
-            for task in d.train_tasks:
-                files.append(task_file(task, "train", self.data_dir))
-                pool += load_examples(task, files[-1])
-        if len(pool) <= d.val_examples:
-            raise ValueError(f"{len(pool)} training examples cannot spare data.val_examples={d.val_examples}")
-        order = list(range(len(pool)))
-        random.Random(d.split_seed).shuffle(order)
-        self.val: list[Example] = [pool[i] for i in order[: d.val_examples]]
-        rest = [pool[i] for i in order[d.val_examples :]]
-        self.train: list[Example] = rest[: d.train_examples] if d.train_examples else rest
-        self.test: dict[str, list[Example]] = {}
-        self.missing_tasks: list[str] = []
-        for task in d.eval_tasks:
-            path = task_file(task, "test", self.data_dir)
-            if not path.is_file():
-                self.missing_tasks.append(task)
-                continue
-            files.append(path)
-            items = load_examples(task, path)
-            n = d.test_examples_per_task
-            if n is not None and n < len(items):
-                keep = sorted(random.Random(f"{d.split_seed}-{task}").sample(range(len(items)), n))
-                items = [items[i] for i in keep]
-            self.test[task] = items
-        if not self.test:
-            raise FileNotFoundError(
-                f"none of data.eval_tasks {list(d.eval_tasks)} has a test file in {self.data_dir}"
-            )
-        self.data_files = files
+        pool, files = load_train_pool(cfg, self.data_dir)
+        train, self.val = self.split_validation(pool)
+        self.train: list[Example] = train[: d.train_examples] if d.train_examples else train
+        self.test, self.missing_tasks, test_files = load_test_sets(cfg, self.data_dir)
+        self.data_files = files + test_files
         self.model_path = resolve_model(cfg.model.name)
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or self.model_path)
+
+    def split_validation(self, pool: list[Example]) -> tuple[list[Example], list[Example]]:
+        """(train, validation): `val_examples` items of the training pool, chosen by `split_seed`."""
+        order = list(range(len(pool)))
+        random.Random(self.cfg.data.split_seed).shuffle(order)
+        n = self.cfg.data.val_examples
+        return [pool[i] for i in order[n:]], [pool[i] for i in order[:n]]
 
     @property
     def num_train(self) -> int:
@@ -146,12 +158,16 @@ class CommonsenseRun:
         }
 
     def identity(self) -> dict[str, Any]:
-        weights = Path(self.model_path) / "model.safetensors"
+        local = Path(self.model_path)
+        weights = sorted(local.glob("*.safetensors")) if local.is_dir() else []
         return {
             "model": {
                 "name": self.cfg.model.name,
                 "path": self.model_path,
-                "weights_sha256": file_sha256(weights) if weights.is_file() else None,
+                # hub ids are recorded by name; local folders by content (sharded giants: names only)
+                "weights_sha256": {p.name: file_sha256(p) for p in weights}
+                if len(weights) <= 2
+                else "sharded",
             },
             "data": {
                 "data_dir": str(self.data_dir),
