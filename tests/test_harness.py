@@ -16,18 +16,21 @@ from experiments.results import read_record, run_path, validate_record
 from experiments.tables import verdicts, write_tables
 
 
+FAMILIES = ("commonsense", "commonsense_llm")
+
+
 def all_configs():
-    for profile in list_profiles("commonsense"):
-        p = load_profile("commonsense", profile)
-        for name in list_experiments("commonsense"):
-            yield p, name
+    for family in FAMILIES:
+        for profile in list_profiles(family):
+            for name in list_experiments(family):
+                yield family, profile, name
 
 
-@pytest.mark.parametrize("profile,name", [(p.name, n) for p, n in all_configs()])
-def test_every_shipped_config_validates(profile, name):
-    p = load_profile("commonsense", profile)
+@pytest.mark.parametrize("family_name,profile,name", list(all_configs()))
+def test_every_shipped_config_validates(family_name, profile, name):
+    p = load_profile(family_name, profile)
     cfg = load_experiment(
-        "commonsense",
+        family_name,
         name,
         profile_overrides=p.overrides,
         profile_source=p.source,
