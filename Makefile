@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 # torch into .venv first (any 2.13/2.14 release satisfies pyproject's range) or pass TORCH="torch==2.13.0 ...".
 TORCH ?= torch==2.13.0
 PROFILE ?= cpu
+FAMILY ?= commonsense
 RESULTS_DIR ?= results
 EXP := $(BIN)/python -m experiments
 
@@ -44,14 +45,14 @@ bench: setup
 	$(BIN)/python bench/bench_generation.py
 
 plan: setup
-	$(EXP) list --profile $(PROFILE) --results-dir $(RESULTS_DIR)
+	$(EXP) list --family $(FAMILY) --profile $(PROFILE) --results-dir $(RESULTS_DIR)
 
 reproduce: setup
-	$(EXP) sweep --profile $(PROFILE) --results-dir $(RESULTS_DIR)
+	$(EXP) sweep --family $(FAMILY) --profile $(PROFILE) --results-dir $(RESULTS_DIR)
 	$(MAKE) tables
 
 tables: setup
-	$(EXP) tables --profile $(PROFILE) --results-dir $(RESULTS_DIR)
+	$(EXP) tables --family $(FAMILY) --profile $(PROFILE) --results-dir $(RESULTS_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -250,3 +250,32 @@ def test_smoke_profile_end_to_end_every_method(tmp_path):
             assert d["launch_step"] == 2 and d["launched_layers"] == d["num_layers"] == 37
             assert d["lr_x_post_launch_steps"] == pytest.approx(2e-3)
     assert methods == set(available_methods())
+
+
+def test_cli_list_run_skip_and_tables(tmp_path, monkeypatch, capsys):
+    from experiments.cli import main
+
+    monkeypatch.setattr(
+        train_mod, "train_and_evaluate", lambda cfg, *, seed, profile, progress=True: fake_result(cfg, seed)
+    )
+    assert main(["list", "--profile", "smoke", "--results-dir", str(tmp_path)]) == 0
+    assert "0/6 complete" in capsys.readouterr().out
+    args = [
+        "run",
+        "--profile",
+        "smoke",
+        "--experiment",
+        "lora-r1",
+        "--lr",
+        "1e-3",
+        "--results-dir",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    path = run_path(tmp_path, "smoke", "commonsense", "lora-r1", 0, 1e-3)
+    before = path.read_text()
+    assert main(args) == 0 and "complete already" in capsys.readouterr().out
+    assert path.read_text() == before  # a complete record is never rerun or overwritten without --force
+    assert main(["sweep", "--profile", "smoke", "--results-dir", str(tmp_path), "--no-progress"]) == 0
+    assert main(["tables", "--profile", "smoke", "--results-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "smoke" / "commonsense" / "verdict.md").is_file()
