@@ -110,6 +110,7 @@ def train_and_evaluate(
     model.train()
     while step < max_steps:
         batch = next(batches)
+        lr_now = optimizer.param_groups[0]["lr"]  # the rate this optimizer step uses
         with accelerator.accumulate(model):
             loss = family.loss(model, batch)
             if not torch.isfinite(loss):
@@ -123,7 +124,7 @@ def train_and_evaluate(
         examples += batch["labels"].shape[0]
         if not accelerator.sync_gradients:
             continue
-        lrs.append(optimizer.param_groups[0]["lr"])
+        lrs.append(lr_now)  # lrs[i] is the rate of step i + 1
         step += 1
         method.on_optimizer_step(raw_model, step)  # method hooks run on the optimizer-step clock
         bar.update(1)
