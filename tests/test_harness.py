@@ -15,7 +15,6 @@ from experiments.profiles import list_profiles, load_profile
 from experiments.results import read_record, run_path, validate_record
 from experiments.tables import verdicts, write_tables
 
-
 FAMILIES = ("commonsense", "commonsense_llm")
 
 
