@@ -130,13 +130,42 @@ def verdicts(rows: list[dict], boots: dict[str, np.ndarray]) -> list[dict]:
                 continue
             diff = boots[d["experiment"]] - boots[lo["experiment"]]
             low, high = float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
-            verdict = "supported" if low > -MARGIN else "refuted" if high < -MARGIN else "inconclusive"
+            if factor == 1:  # same rank: does the dash phase cost or add anything over its own LoRA?
+                verdict = "not worse" if low > -MARGIN else "worse" if high < -MARGIN else "inconclusive"
+            else:
+                verdict = "supported" if low > -MARGIN else "refuted" if high < -MARGIN else "inconclusive"
             out.append({
                 "loradash": d["experiment"], "lora": lo["experiment"], "param_ratio": ratio, "factor": factor,
                 "diff": d["mean"] - lo["mean"], "ci_low": low, "ci_high": high, "verdict": verdict,
                 "dash_better": low > 0,
             })  # fmt: skip
     return out
+
+
+def lora_gains(rows: list[dict], boots: dict[str, np.ndarray]) -> list[dict]:
+    """How much LoRA itself gains from 8-16x its parameters here: if it gains nothing, matching a larger LoRA
+    is no evidence for LoRA-Dash, and the comparison has no power to show the claim."""
+    loras = sorted((r for r in rows if r["method"] == "lora"), key=lambda r: r["trainable"])
+    out = []
+    for small in loras[:1]:
+        for big in loras[1:]:
+            diff = boots[big["experiment"]] - boots[small["experiment"]]
+            out.append({
+                "small": small["experiment"], "big": big["experiment"], "param_ratio": big["trainable"] / small["trainable"],
+                "diff": big["mean"] - small["mean"], "ci_low": float(np.percentile(diff, 2.5)),
+                "ci_high": float(np.percentile(diff, 97.5)),
+            })  # fmt: skip
+    return out
+
+
+def overall(ver: list[dict]) -> str:
+    claim = [v for v in ver if v["factor"] in (8, 16)]
+    if not claim:
+        return "no verdict: no LoRA run at 8x or 16x a LoRA-Dash run"
+    kinds = {v["verdict"] for v in claim}
+    if kinds == {"supported"}:
+        return "supported"
+    return "refuted" if "refuted" in kinds else "inconclusive"
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
@@ -239,7 +268,9 @@ def write_tables(family: str, profile_name: str, results_dir: str | Path) -> lis
         lines.append(f"- {name}: " + ("tuning incomplete" if c is None else f"{c['lr']:g} ({c['metric']}: "
                      + ", ".join(f"{k} -> {v:.4f}" for k, v in c["scores"].items()) + ")"))  # fmt: skip
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "verdict.md").write_text(_verdict_text(rows, ver, profile.name, family))
+    (out_dir / "verdict.md").write_text(
+        _verdict_text(rows, ver, lora_gains(rows, boots), profile.name, family)
+    )
     _plot(
         rows,
         out_dir / "accuracy_vs_params.png",
@@ -252,10 +283,12 @@ def write_tables(family: str, profile_name: str, results_dir: str | Path) -> lis
             out_dir / "accuracy_vs_params.png", out_dir / "summary.json"]  # fmt: skip
 
 
-def _verdict_text(rows: list[dict], ver: list[dict], profile: str, family: str) -> str:
+def _verdict_text(rows: list[dict], ver: list[dict], gains: list[dict], profile: str, family: str) -> str:
     dash = [r for r in rows if r["method"] == "loradash"]
     lines = [
         f"# Verdict on the 8-16x claim: {family} / `{profile}`",
+        "",
+        f"**Overall at this scale: {overall(ver)}.**",
         "",
         "Claim (Si et al., ICLR 2025, Table 1): LoRA-Dash at rank r matches LoRA with 8-16x its parameters.",
         f"Rule: paired bootstrap 95% CI of (LoRA-Dash - LoRA) mean accuracy; supported if it lies above -{MARGIN:g}"
@@ -270,6 +303,18 @@ def _verdict_text(rows: list[dict], ver: list[dict], profile: str, family: str) 
                      + (" (LoRA-Dash better)" if v["dash_better"] else "") + " |")  # fmt: skip
     if not ver:
         lines.append("| - | - | - | no LoRA-Dash / LoRA pair with complete runs | - |")
+    lines += ["", "1x rows (same rank) ask whether LoRA-Dash is not worse than its own LoRA: `not worse` / `worse` / "
+              "`inconclusive` by the same rule.", "",
+              "## Can this scale tell ranks apart at all?", "",
+              "If LoRA itself gains nothing from 8-16x its parameters here, a LoRA-Dash run matching the larger LoRA is "
+              "no evidence for the claim (the comparison has no power). LoRA against LoRA, same bootstrap:", "",
+              "| smaller LoRA | larger LoRA | param ratio | gain (points) [95% CI] |", "|---|---|---:|---|"]  # fmt: skip
+    for g in gains:
+        lines.append(f"| {g['small']} | {g['big']} | {g['param_ratio']:.1f}x | {g['diff']:+.1f} "
+                     f"[{g['ci_low']:+.1f}, {g['ci_high']:+.1f}] |")  # fmt: skip
+    if gains and all(g["ci_low"] <= 0 for g in gains):
+        lines += ["", "No larger LoRA is significantly better than the smallest one here, so \"matching 8-16x the "
+                  "parameters\" cannot be distinguished from \"matching plain LoRA at the same rank\" at this scale."]  # fmt: skip
     lines += ["", "## Could the dash phase act at this scale?", ""]
     for d in dash:
         budget = d["lr_x_post_launch_steps"]
