@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from baselines import available_methods, build_method
+from baselines import available_methods, build_method, get_method
 from baselines.budget import base_param_count, matched_ranks, target_layer_shapes
 from experiments.config import load_experiment
 
@@ -15,7 +15,7 @@ def print_budget(family: str, method: str, rank: int, experiment: str | None) ->
     model = CommonsenseRun(cfg).build_model()
     shapes = target_layer_shapes(model, list(cfg.model.target_modules))
     total = base_param_count(model, list(cfg.model.modules_to_save))
-    ref = build_method(method, r=rank) if build_method(method).rank is not None else build_method(method)
+    ref = build_method(method, r=rank) if get_method(method).has_rank() else build_method(method)
     ref_count = type(ref).analytic_trainable(shapes, ref.rank, total, **ref.params)
     others = [m for m in available_methods() if m != method]
     table = matched_ranks(method, rank, shapes, total, others=others, max_rank=min(min(s) for s in shapes))

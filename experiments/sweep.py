@@ -143,7 +143,7 @@ def execute_runs(
         log(f"run {r.experiment} seed={r.seed} lr={r.lr:g} ({r.stage})")
         try:
             executor(r)
-        except (Exception, subprocess.CalledProcessError) as e:  # recorded in the run's file by the runner
+        except Exception as e:  # recorded in the run's file by the runner (CalledProcessError included)
             log(f"  FAILED {r.experiment} seed={r.seed} lr={r.lr:g}: {e}")
         counts["complete" if r.status() == "complete" else "failed"] += 1
 

@@ -68,7 +68,6 @@ class LoraDashVariant(LoraVariant):
     def init(module: DashLinear, adapter_name: str, **kwargs: Any) -> None:  # type: ignore[override]
         config = kwargs["config"]
         s = int(config.num_directions)
-        weight = module.get_base_layer().weight
         lora_A = module.lora_A[adapter_name].weight
         out_f, in_f = module.out_features, module.in_features
         if s > min(out_f, in_f):
@@ -87,7 +86,6 @@ class LoraDashVariant(LoraVariant):
         module.dash_prelaunch_steps[adapter_name] = int(config.prelaunch_steps)
         module.dash_eps[adapter_name] = float(config.change_rate_eps)
         module.dash_clock[adapter_name] = config.prelaunch_clock
-        del weight
 
     @staticmethod
     def delta_weight(module: DashLinear, adapter: str) -> torch.Tensor:
