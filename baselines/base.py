@@ -137,6 +137,7 @@ class Method(abc.ABC):
     name: ClassVar[str]
     defaults: ClassVar[Mapping[str, Any]]
     supports_merge: ClassVar[bool] = True  # merge_adapter()/unmerge_adapter() reproduce the unmerged outputs
+    needs_target_modules: ClassVar[bool] = True  # False: the method ignores target_modules (full FT)
 
     def __init__(self, **params: Any) -> None:
         self._params: Mapping[str, Any] = MappingProxyType(self.resolve_params(params))
@@ -208,8 +209,17 @@ class Method(abc.ABC):
         """Called by the loop after every optimizer step with the number of steps done; no-op by default."""
         return None
 
-    def diagnostics(self, model: nn.Module) -> dict[str, Any]:
-        """Method-specific state worth recording in the result file (JSON-serialisable)."""
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (every trainable parameter at `lr` by default). A method with
+        parameters that need their own rate (LoRA-Dash's scalars) splits them here."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+
+    def diagnostics(
+        self, model: nn.Module, *, lrs: Sequence[float] | None = None, best_step: int | None = None
+    ) -> dict[str, Any]:
+        """Method-specific state worth recording in the result file (JSON-serialisable). The loop passes the
+        base learning rate of every optimizer step (`lrs[i]` for step i + 1) and the step of the kept
+        checkpoint, for diagnostics that depend on the schedule."""
         return {}
 
     # -- counting -------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ class FullFineTuning(Method):
     name = "full"
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     supports_merge = False  # nothing to merge
+    needs_target_modules = False
 
     def _wrap(self, model: nn.Module, target_modules: list[str], modules_to_save: list[str]) -> nn.Module:
         return model.requires_grad_(True)

@@ -24,6 +24,7 @@ from .base import Shape, check_choice, check_int, check_number, register
 from .lora import Lora
 
 _PREFIX = "base_model.model."
+_LAMBDA = "lora_dash_lambda"
 
 
 @register
@@ -38,6 +39,10 @@ class LoraDash(Lora):
             "prelaunch_steps": 100,
             "change_rate_eps": 1e-8,
             "prelaunch_clock": "optimizer_step",
+            # learning rate of the scalars lambda relative to the other parameters (1 = the paper). With Adam a
+            # scalar moves by at most about its learning rate per step, so a short run can only give the dash
+            # phase the paper's room (sum of lr over post-launch steps, ~6) through this ratio.
+            "lambda_lr_ratio": 1.0,
         }
     )
 
@@ -47,7 +52,12 @@ class LoraDash(Lora):
         check_int(params, "prelaunch_steps", minimum=0)
         check_number(params, "change_rate_eps", minimum=0.0)
         check_choice(params, "prelaunch_clock", PRELAUNCH_CLOCKS)
+        check_number(params, "lambda_lr_ratio", minimum=1e-12)
         return super().check_params(params)
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._launched_at: dict[str, int] = {}  # layer -> the optimizer step after which it was seen launched
 
     def _wrap(self, model: nn.Module, target_modules: list[str], modules_to_save: list[str]) -> nn.Module:
         p = self.params
@@ -60,16 +70,45 @@ class LoraDash(Lora):
         )
         return loradash.get_loradash_model(model, config)
 
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        scalars = [p for n, p in model.named_parameters() if p.requires_grad and _LAMBDA in n]
+        ids = {id(p) for p in scalars}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest, "lr": lr}, {"params": scalars, "lr": lr * self.params["lambda_lr_ratio"]}]
+
     def on_optimizer_step(self, model: nn.Module, global_step: int) -> None:
         loradash.update_loradash(model, global_step)  # launches every layer once global_step reaches t
+        # Record when each layer actually launched (the forward-call clock launches inside a forward pass).
+        for name, module, adapter in loradash.dash_layers(model):
+            if name not in self._launched_at and module.is_launched(adapter):
+                self._launched_at[name] = global_step
 
-    def diagnostics(self, model: nn.Module) -> dict[str, Any]:
-        """The launch summary: t, how many layers launched, and per layer the chosen directions, their
-        singular values and max |lambda| (how far the dash term has moved from zero)."""
+    def diagnostics(
+        self, model: nn.Module, *, lrs: Sequence[float] | None = None, best_step: int | None = None
+    ) -> dict[str, Any]:
+        """The launch summary: t, the optimizer step at which the layers actually launched, how many did, the
+        dash phase's room (the sum of the scalars' learning rates after the launch: with Adam each scalar moves
+        by at most about its rate per step), and per layer the chosen directions, their singular values and
+        max |lambda| (how far the dash term has moved from zero)."""
         layers = loradash.dash_diagnostics(model)
+        launch = min(self._launched_at.values()) if self._launched_at else None
+        ratio = float(self.params["lambda_lr_ratio"])
+        budget: dict[str, Any] = {}
+        if lrs is not None and launch is not None:
+            post = list(lrs[launch:])
+            budget = {
+                "lambda_lr_sum_after_launch": ratio * float(sum(post)),
+                "lambda_lr_x_post_launch_steps": ratio * (max(lrs) if lrs else 0.0) * len(post),
+                "post_launch_steps": len(post),
+                "best_step_after_launch": None if best_step is None else best_step > launch,
+            }
         return {
-            "launch_step": self.params["prelaunch_steps"],
+            "prelaunch_steps": self.params["prelaunch_steps"],
+            "launch_step": launch,
+            "launch_step_last_layer": max(self._launched_at.values()) if self._launched_at else None,
             "prelaunch_clock": self.params["prelaunch_clock"],
+            "lambda_lr_ratio": ratio,
+            **budget,
             "launched_layers": sum(d["launched"] for d in layers.values()),
             "num_layers": len(layers),
             "layers": {

@@ -8,11 +8,14 @@ from experiments.config import load_experiment
 
 
 def print_budget(family: str, method: str, rank: int, experiment: str | None) -> None:
-    from experiments.commonsense.family import CommonsenseRun  # builds the family's model from its config
+    from experiments.config import list_experiments
+    from experiments.registry import get_family
 
-    name = experiment or f"{method}-r{rank}"
-    cfg = load_experiment(family, name) if experiment else load_experiment(family, "lora-r1")
-    model = CommonsenseRun(cfg).build_model()
+    get_method(method)  # an unknown method lists the known ones before anything is built
+    known = list_experiments(family)
+    name = experiment or next((e for e in known if e.startswith("lora-")), known[0])
+    cfg = load_experiment(family, name)
+    model = get_family(family)(cfg).build_model()  # builds the family's model from its config
     shapes = target_layer_shapes(model, list(cfg.model.target_modules))
     total = base_param_count(model, list(cfg.model.modules_to_save))
     ref = build_method(method, r=rank) if get_method(method).has_rank() else build_method(method)

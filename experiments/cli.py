@@ -1,4 +1,9 @@
-"""Command line: `python -m experiments {run,sweep,list,tables,budget} ...` (also `loradash-exp`)."""
+"""Command line: `python -m experiments {run,sweep,list,tables,budget,families} ...` (also `loradash-exp`).
+
+A user's mistake (unknown family, experiment, task, profile or method; a bad value; missing data; a corrupt
+record) prints one line naming it and exits 2; `--debug` shows the traceback. A bug in the harness still
+shows its traceback.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,35 @@ from pathlib import Path
 DEFAULT_RESULTS = os.environ.get("RESULTS_DIR", "results")
 
 
+class UsageError(ValueError):
+    """A mistake in what the user typed."""
+
+
 def _interrupt(signum, frame):  # SIGTERM (a killed sweep) is handled like Ctrl-C: runs record "interrupted"
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+
+    return parse
 
 
 def _common(p: argparse.ArgumentParser, *, profile: bool = True) -> None:
@@ -20,75 +52,120 @@ def _common(p: argparse.ArgumentParser, *, profile: bool = True) -> None:
     if profile:
         p.add_argument("--profile", default="cpu")
     p.add_argument("--results-dir", default=DEFAULT_RESULTS, type=Path)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p_run = sub.add_parser("run", help="train and evaluate one (experiment, seed, lr)")
+    p_run = sub.add_parser("run", help="train and evaluate one (experiment, task, seed, lr)")
     _common(p_run)
     p_run.add_argument("--experiment", required=True)
-    p_run.add_argument("--seed", type=int, default=0)
-    p_run.add_argument("--lr", type=float, required=True)
+    p_run.add_argument("--task", default=None, help="for one-task-per-run families (glue): the task")
+    p_run.add_argument("--seed", type=_int_at_least(0), default=0)
+    p_run.add_argument("--lr", type=_positive_float, required=True)
     p_run.add_argument("--force", action="store_true", help="rerun even if a complete record exists")
     p_run.add_argument("--no-progress", action="store_true")
 
-    p_sweep = sub.add_parser("sweep", help="run every missing run of a profile (resumable)")
+    p_sweep = sub.add_parser("sweep", help="run every missing or stale run of a profile (resumable)")
     _common(p_sweep)
-    p_sweep.add_argument("--jobs", type=int, default=None, help="parallel runs (default: the profile's)")
+    p_sweep.add_argument("--jobs", type=_int_at_least(1), default=None, help="parallel runs (default: the profile's)")
     p_sweep.add_argument("--no-progress", action="store_true")
 
-    p_list = sub.add_parser("list", help="the plan of a profile: which runs exist and which are missing")
+    p_list = sub.add_parser("list", help="the plan of a profile: which runs exist, are missing or stale")
     _common(p_list)
-    p_list.add_argument(
-        "--estimate", action="store_true", help="add GPU memory and GPU-hours (full-scale models)"
-    )
+    p_list.add_argument("--estimate", action="store_true", help="add GPU memory and GPU-hours (full-scale models)")
 
     p_tables = sub.add_parser("tables", help="regenerate tables, plots and the verdict from the run records")
     _common(p_tables)
 
-    p_budget = sub.add_parser(
-        "budget", help="ranks of other methods at 1x, 8x, 16x a method's parameter count"
-    )
+    p_budget = sub.add_parser("budget", help="ranks of other methods at 1x, 8x, 16x a method's parameter count")
     _common(p_budget, profile=False)
     p_budget.add_argument("--method", default="loradash")
-    p_budget.add_argument("--rank", type=int, default=1)
-    p_budget.add_argument(
-        "--experiment", default=None, help="take the model and targets from this experiment"
-    )
+    p_budget.add_argument("--rank", type=_int_at_least(1), default=1)
+    p_budget.add_argument("--experiment", default=None, help="take the model and targets from this experiment")
 
-    args = parser.parse_args(argv)
+    p_fam = sub.add_parser("families", help="the experiment families, their metrics and profiles")
+    p_fam.add_argument("--debug", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _dispatch(args)
+    except Exception as e:
+        if getattr(args, "debug", False) or not _is_user_error(e):
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
 
+
+def _is_user_error(e: Exception) -> bool:
+    from baselines import UnknownMethodError
+    from experiments.config import ConfigError
+    from experiments.registry import UnknownFamilyError
+
+    return isinstance(e, (UsageError, ConfigError, UnknownFamilyError, UnknownMethodError, FileNotFoundError,
+                          UnicodeDecodeError)) or type(e).__name__ in ("DataFormatError", "GlueFormatError",
+                                                                      "CorruptRecordError")  # fmt: skip
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _check_task(family: str, task: str | None, profile) -> None:
+    from experiments.registry import get_family
+
+    if get_family(family).one_task_per_run:
+        if task is None:
+            raise UsageError(f"{family} runs one task per run: pass --task (one of: {', '.join(profile.task_list)})")
+        if task not in profile.task_list:
+            raise UsageError(f"task {task!r} is not in profile {profile.name} (known: {', '.join(profile.task_list)})")
+    elif task is not None:
+        raise UsageError(f"{family} scores every task in each run; it takes no --task")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
+        from baselines import build_method
         from experiments.config import load_experiment
         from experiments.profiles import load_profile
+        from experiments.registry import get_family
         from experiments.results import read_record, run_path
         from experiments.train import run
 
         profile = load_profile(args.family, args.profile)
+        _check_task(args.family, args.task, profile)
         cfg = load_experiment(
             args.family,
             args.experiment,
             profile_overrides=profile.overrides,
             profile_source=profile.source,
             method_overrides=profile.method_overrides,
+            task=args.task,
+            task_overrides=(profile.tasks or {}).get(args.task) if args.task else None,
         )
-        path = run_path(args.results_dir, profile.name, args.family, args.experiment, args.seed, args.lr)
+        try:
+            build_method(cfg.method.name, **cfg.method.params)
+        except ValueError as e:
+            raise UsageError(f"{cfg.sources[-1]}: method: {e}") from e
+        get_family(args.family).check_data(cfg)
+        path = run_path(args.results_dir, profile.name, args.family, args.experiment, args.seed, args.lr, args.task)
         existing = read_record(path)
         if existing and existing.get("status") == "complete" and not args.force:
             print(f"complete already: {path} (use --force to rerun)")
             return 0
         rec = run(cfg, seed=args.seed, lr=args.lr, profile=profile.name, results_dir=args.results_dir,
                   progress=not args.no_progress)  # fmt: skip
-        print(f"{path}: mean accuracy {rec['test']['mean_accuracy']:.4f}")
+        print(f"{path}: {rec['test']['primary_metric']} {rec['test']['score']:.4f}")
     elif args.command == "sweep":
         from experiments.sweep import sweep
 
-        summary = sweep(
-            args.family, args.profile, args.results_dir, jobs=args.jobs, progress=not args.no_progress
-        )
+        summary = sweep(args.family, args.profile, args.results_dir, jobs=args.jobs, progress=not args.no_progress)
         failed = summary["tune"]["failed"] + summary["final"]["failed"]
         return 1 if failed else 0
     elif args.command == "list":
@@ -98,19 +175,26 @@ def main(argv: list[str] | None = None) -> int:
         estimates = _estimates(args.family, args.profile) if args.estimate else {}
         for r in rows:
             lr = "-" if r["lr"] is None else f"{r['lr']:g}"
-            line = f"{r['status']:>20}  {r['stage']:5}  {r['experiment']:<28} seed={r['seed']} lr={lr}"
-            if r["experiment"] in estimates:
-                e = estimates[r["experiment"]]
+            name = r["experiment"] + (f"/{r['task']}" if r["task"] else "")
+            line = f"{r['status']:>20}  {r['stage']:5}  {name:<34} seed={r['seed']} lr={lr}"
+            e = estimates.get((r["experiment"], r["task"]))
+            if e:
                 line += (f"  trainable={e['trainable']:,} steps={e['steps']:,} ~{e['memory_gb']:.0f} GB"
                          f"{'' if e['fits_80gb'] else ' (shard: FSDP/ZeRO)'} ~{e['gpu_hours']:.1f} GPU-h")  # fmt: skip
+                for k in ("layout", "eval_every", "launch_update"):
+                    if k in e:
+                        line += f" {k}={e[k]}"
             print(line)
         done = sum(r["status"] == "complete" for r in rows)
         print(f"{done}/{len(rows)} complete")
-        if estimates:
-            from experiments.estimate import ASSUMPTIONS
-
-            total = sum(estimates[r["experiment"]]["gpu_hours"] for r in rows if r["experiment"] in estimates)
-            print(f"estimated total: {total:.0f} H100 GPU-hours; rough, assuming {ASSUMPTIONS}")
+        if args.estimate:
+            if not estimates:
+                print(f"no GPU estimate for {args.family} (it runs on the CPU)")
+            else:
+                total = sum(estimates[(r["experiment"], r["task"])]["gpu_hours"] for r in rows
+                            if (r["experiment"], r["task"]) in estimates)  # fmt: skip
+                assumptions = next(iter(estimates.values())).get("assumptions", "")
+                print(f"estimated total: {total:.0f} GPU-hours; rough, assuming {assumptions}")
     elif args.command == "tables":
         from experiments.tables import write_tables
 
@@ -120,15 +204,31 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.budget_cli import print_budget
 
         print_budget(args.family, args.method, args.rank, args.experiment)
+    elif args.command == "families":
+        from experiments.profiles import list_profiles
+        from experiments.registry import available_families, get_family
+
+        for name in available_families():
+            fam = get_family(name)
+            metrics = ", ".join(f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)"
+                                for m in fam.metrics.values())  # fmt: skip
+            print(f"{name}: {fam.description}\n  primary metric: {fam.primary_metric}; metrics: {metrics}\n"
+                  f"  profiles: {', '.join(list_profiles(name))}")  # fmt: skip
     return 0
 
 
-def _estimates(family: str, profile_name: str) -> dict[str, dict]:
-    from experiments.estimate import estimate_run
+def _estimates(family: str, profile_name: str) -> dict:
     from experiments.profiles import load_profile
+    from experiments.registry import get_family
     from experiments.sweep import load_configs
 
-    return {name: estimate_run(cfg) for name, cfg in load_configs(load_profile(family, profile_name)).items()}
+    fam = get_family(family)
+    out = {}
+    for key, cfg in load_configs(load_profile(family, profile_name)).items():
+        e = fam.estimate(cfg)
+        if e is not None:
+            out[key] = e
+    return out
 
 
 if __name__ == "__main__":

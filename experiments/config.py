@@ -8,6 +8,8 @@ the schema before merging, so an unknown key or a wrong type is reported with th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,31 +34,11 @@ class ModelConfig:
     name: str = (
         "embedded:all-MiniLM-L6-v2"  # "embedded:..." = shipped in a PyPI package; else a path or hub id
     )
-    kind: Literal["multiple_choice", "causal_lm"] = "multiple_choice"
     target_modules: tuple[str, ...] = ("query", "key", "value", "dense")
     modules_to_save: tuple[str, ...] = ("classifier",)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     tokenizer: str | None = None  # None: the model's own
     gradient_checkpointing: bool = False
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    data_dir: str | None = None  # None: LORADASH_DATA_DIR, else ../shared/data/commonsense
-    train_file: str | None = None  # a mixed LLM-Adapters file (commonsense_170k.json); None: train_tasks
-    train_tasks: tuple[str, ...] = ("boolq", "ARC-Easy", "ARC-Challenge", "openbookqa")
-    eval_tasks: tuple[str, ...] = (
-        "boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa",
-    )  # fmt: skip
-    train_examples: int | None = None  # subset of the training mix (after the validation split); None = all
-    val_examples: int = 200  # carved out of the training data, never from a test set
-    test_examples_per_task: int | None = None  # fixed random subset of each test set; None = all
-    max_seq_len: int = 64  # multiple choice: tokens per (question, choice) pair
-    split_seed: int = 42  # the same subsets and validation split for every method and seed
-    # causal LM (paper protocol): Alpaca prompt template for training, cutoff, loss on the prompt too
-    prompt_template: Literal["train", "eval"] = "train"
-    cutoff_len: int = 256
-    train_on_inputs: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,27 +50,14 @@ class TrainConfig:
     lr: float = 1e-3  # overridden by the sweep's learning-rate grid
     weight_decay: float = 0.0
     warmup_steps: int = 30
+    warmup_ratio: float | None = None  # if set, warm-up = ratio x total steps (replaces warmup_steps)
     schedule: Literal["linear", "constant"] = "linear"
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     eval_every: int = 100  # optimizer steps between validations (and at the end)
     eval_batch_size: int = 32
-    selection_metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    selection_metric: str = "val_loss"  # one of the family's validation metrics (direction from the family)
     num_threads: int | None = None  # torch CPU threads; None = torch's default
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How the test sets are scored (causal LMs; multiple-choice models always use argmax scoring)."""
-
-    protocols: tuple[Literal["generation", "loglikelihood"], ...] = ("generation",)
-    num_beams: int = 4
-    max_new_tokens: int = 32
-    greedy: bool = False
-    batch_size: int = 16
-    prompt_template: Literal["train", "eval"] = "eval"
-    reference_extraction: bool = False  # True: the reference's case-sensitive substring matching
-    loglikelihood_limit: int | None = None  # lm-eval items per task (None = all)
 
 
 @dataclass(frozen=True)
@@ -99,25 +68,42 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """A resolved run config. `data` and `eval` are the family's own typed sections."""
+
     family: str
     name: str
     method: MethodConfig
     model: ModelConfig
-    data: DataConfig
+    data: Any
     train: TrainConfig
-    eval: EvalConfig = EvalConfig()
+    eval: Any
     sources: tuple[str, ...] = ()  # files that produced this config, in merge order
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def task(self) -> str | None:
+        """The task of a one-task-per-run family (GLUE), else None."""
+        return getattr(self.data, "task", None)
 
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-}
+
+def config_hash(cfg: ExperimentConfig, resolved_method_params: dict[str, Any] | None = None) -> str:
+    """A short hash of everything that defines a run (not where it came from): a record whose config has since
+    changed is `stale`. Pass the method's resolved hyper-parameters so a changed default counts too."""
+    d = cfg.to_dict()
+    d.pop("sources", None)
+    if resolved_method_params is not None:
+        d["method"]["params"] = dict(resolved_method_params)
+    blob = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def sections_for(family: str) -> dict[str, type]:
+    from experiments.registry import get_family
+
+    fam = get_family(family)
+    return {"model": ModelConfig, "data": fam.data_config, "train": TrainConfig, "eval": fam.eval_config}
 
 
 def _check_type(value: Any, tp: Any) -> bool:
@@ -145,20 +131,18 @@ def _resolve_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def check_layer(
-    layer: Any, source: str | Path, *, allowed_sections: tuple[str, ...] = tuple(SECTIONS)
-) -> None:
-    """Validate one sparse override layer (a dict of sections) against the schema."""
+def check_layer(layer: Any, source: str | Path, sections: dict[str, type]) -> None:
+    """Validate one sparse override layer (a dict of sections) against the family's schema."""
     if layer is None:
         return
     if not isinstance(layer, dict):
         raise ConfigError(source, "overrides", f"must be a mapping of sections, got {type(layer).__name__}")
     for section, values in layer.items():
-        if section not in allowed_sections:
-            raise ConfigError(source, section, f"unknown section (known: {', '.join(allowed_sections)})")
+        if section not in sections:
+            raise ConfigError(source, str(section), f"unknown section (known: {', '.join(sections)})")
         if not isinstance(values, dict):
             raise ConfigError(source, section, "must be a mapping")
-        hints = _resolve_hints(SECTIONS[section])
+        hints = _resolve_hints(sections[section])
         for key, value in values.items():
             if key not in hints:
                 raise ConfigError(
@@ -168,16 +152,15 @@ def check_layer(
                 raise ConfigError(source, f"{section}.{key}", f"expected {hints[key]}, got {value!r}")
 
 
-def merge(*layers: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+def merge(sections: dict[str, type], *layers: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {s: {} for s in sections}
     for layer in layers:
         for section, values in (layer or {}).items():
             out[section].update(values)
     return out
 
 
-def _build(section: str, values: dict[str, Any]) -> Any:
-    cls = SECTIONS[section]
+def _build(cls: type, values: dict[str, Any]) -> Any:
     hints = _resolve_hints(cls)
     kwargs = {
         k: tuple(v) if get_origin(hints[k]) is tuple and v is not None else v for k, v in values.items()
@@ -185,47 +168,57 @@ def _build(section: str, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def check_positive(values: dict[str, int | float | None], *, allow_none: bool = False) -> list[tuple[str, str]]:
+    """(key, problem) for every value < 1 (or None unless allowed)."""
+    out = []
+    for key, v in values.items():
+        if v is None and allow_none:
+            continue
+        if v is None or v < 1:
+            out.append((key, f"must be >= 1{' or null' if allow_none else ''}, got {v}"))
+    return out
+
+
 def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
     """Checks of values (not types) on the merged config; errors name the file that set the key."""
-    t, d = cfg.train, cfg.data
+    from baselines import get_method
+    from experiments.registry import get_family
+
+    t = cfg.train
+    fam = get_family(cfg.family)
 
     def src(key: str) -> str:
         return origin.get(key, origin.get("<experiment>", "<config>"))
 
     if (t.max_steps is None) == (t.epochs is None):
         raise ConfigError(src("train.epochs"), "train.max_steps", "set exactly one of max_steps and epochs")
-    positive = {
+    problems = check_positive({
         "train.max_steps" if t.max_steps is not None else "train.epochs": t.max_steps or t.epochs or 0,
         "train.batch_size": t.batch_size,
         "train.grad_accum": t.grad_accum,
         "train.eval_every": t.eval_every,
         "train.eval_batch_size": t.eval_batch_size,
-        "data.max_seq_len": d.max_seq_len,
-        "data.val_examples": d.val_examples,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(src(key), key, f"must be >= 1, got {value}")
+    })  # fmt: skip
     if t.lr <= 0:
-        raise ConfigError(src("train.lr"), "train.lr", f"must be > 0, got {t.lr}")
+        problems.append(("train.lr", f"must be > 0, got {t.lr}"))
     if t.batch_size % t.grad_accum:
-        raise ConfigError(
-            src("train.grad_accum"),
-            "train.batch_size",
-            f"{t.batch_size} is not divisible by grad_accum={t.grad_accum}",
-        )
-    if t.warmup_steps < 0 or t.weight_decay < 0:
-        raise ConfigError(src("train.warmup_steps"), "train", "warmup_steps and weight_decay must be >= 0")
-    for key in ("train_examples", "test_examples_per_task"):
-        v = getattr(d, key)
-        if v is not None and v < 1:
-            raise ConfigError(src(f"data.{key}"), f"data.{key}", f"must be >= 1 or null, got {v}")
-    if not d.eval_tasks:
-        raise ConfigError(src("data.eval_tasks"), "data.eval_tasks", "must name at least one task")
-    if not cfg.model.target_modules and cfg.method.name != "full":
-        raise ConfigError(
-            src("model.target_modules"), "model.target_modules", "an adapter method needs target modules"
-        )
+        problems.append(("train.batch_size", f"{t.batch_size} is not divisible by grad_accum={t.grad_accum}"))
+    if t.warmup_steps < 0:
+        problems.append(("train.warmup_steps", f"must be >= 0, got {t.warmup_steps}"))
+    if t.weight_decay < 0:
+        problems.append(("train.weight_decay", f"must be >= 0, got {t.weight_decay}"))
+    if t.warmup_ratio is not None and not 0 <= t.warmup_ratio < 1:
+        problems.append(("train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}"))
+    if t.selection_metric not in fam.validation_metrics:
+        problems.append(("train.selection_metric",
+                         f"{t.selection_metric!r} is not a validation metric of {cfg.family} "
+                         f"(known: {', '.join(fam.validation_metrics)})"))  # fmt: skip
+    if not cfg.model.target_modules and get_method(cfg.method.name).needs_target_modules:
+        problems.append(("model.target_modules", f"method {cfg.method.name} needs target modules"))
+    problems += fam.check_config(cfg)
+    if problems:
+        key, problem = problems[0]
+        raise ConfigError(src(key), key, problem)
 
 
 def read_yaml(path: Path) -> Any:
@@ -235,14 +228,15 @@ def read_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(path, "<yaml>", f"not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "<file>", f"not UTF-8 text: {e}") from e
 
 
 def family_dir(family: str) -> Path:
-    d = EXPERIMENTS_ROOT / family
-    if not (d / "defaults.yaml").is_file():
-        known = sorted(p.name for p in EXPERIMENTS_ROOT.iterdir() if (p / "defaults.yaml").is_file())
-        raise ValueError(f"unknown experiment family {family!r} (known: {', '.join(known)})")
-    return d
+    from experiments.registry import get_family
+
+    get_family(family)  # an unknown family lists the known ones
+    return EXPERIMENTS_ROOT / family
 
 
 def list_experiments(family: str) -> list[str]:
@@ -251,16 +245,24 @@ def list_experiments(family: str) -> list[str]:
 
 def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any] | None = None,
                     profile_source: str = "<profile>",
-                    method_overrides: dict[str, dict[str, Any]] | None = None) -> ExperimentConfig:  # fmt: skip
-    """defaults.yaml <- profile overrides <- <experiment>/experiment.yaml overrides, validated."""
+                    method_overrides: dict[str, dict[str, Any]] | None = None,
+                    task: str | None = None, task_overrides: dict[str, Any] | None = None
+                    ) -> ExperimentConfig:  # fmt: skip
+    """defaults.yaml <- profile overrides <- the profile's overrides for `task` <- the experiment's overrides,
+    validated. `task` (one-task-per-run families) sets `data.task`."""
     fdir = family_dir(family)
+    sections = sections_for(family)
     defaults_path = fdir / "defaults.yaml"
     defaults = read_yaml(defaults_path) or {}
-    check_layer(defaults, defaults_path)
-    check_layer(profile_overrides, profile_source)
+    check_layer(defaults, defaults_path, sections)
+    check_layer(profile_overrides, profile_source, sections)
+    task_source = f"{profile_source}.tasks.{task}"
+    check_layer(task_overrides, task_source, sections)
     exp_path = fdir / name / "experiment.yaml"
     if not exp_path.is_file():
-        raise ValueError(f"unknown experiment {family}/{name} (known: {', '.join(list_experiments(family))})")
+        raise ConfigError(
+            fdir, "experiment", f"unknown experiment {name!r} (known: {', '.join(list_experiments(family))})"
+        )
     exp = read_yaml(exp_path) or {}
     if not isinstance(exp, dict):
         raise ConfigError(exp_path, "<root>", "must be a mapping with 'method' and optional 'overrides'")
@@ -270,20 +272,26 @@ def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any]
     method = exp.get("method")
     if not isinstance(method, dict) or not isinstance(method.get("name"), str):
         raise ConfigError(exp_path, "method", "must be a mapping with a string 'name'")
-    check_layer(exp.get("overrides"), exp_path)
-    merged = merge(defaults, profile_overrides, exp.get("overrides"))
-    origin = {"<experiment>": str(exp_path)}
-    for layer, source in (
+    check_layer(exp.get("overrides"), exp_path, sections)
+    task_layer = {"data": {"task": task}} if task is not None else None
+    layers = (
         (defaults, defaults_path),
         (profile_overrides, profile_source),
+        (task_layer, task_source),
+        (task_overrides, task_source),
         (exp.get("overrides"), exp_path),
-    ):
+    )
+    merged = merge(sections, *(layer for layer, _ in layers))
+    origin = {"<experiment>": str(exp_path)}
+    for layer, source in layers:
         for section, values in (layer or {}).items():
             origin |= {f"{section}.{k}": str(source) for k in values}
-    try:
-        sections = {s: _build(s, v) for s, v in merged.items()}
-    except (TypeError, ValueError) as e:
-        raise ConfigError(exp_path, "<merged>", str(e)) from e
+    built = {}
+    for s, v in merged.items():
+        try:
+            built[s] = _build(sections[s], v)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(exp_path, s, str(e)) from e
     params = {k: v for k, v in method.items() if k != "name"}
     params |= (method_overrides or {}).get(method["name"], {})
     cfg = ExperimentConfig(
@@ -291,7 +299,7 @@ def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any]
         name=name,
         method=MethodConfig(name=method["name"], params=params),
         sources=(str(defaults_path), profile_source, str(exp_path)),
-        **sections,
+        **built,
     )
     validate_values(cfg, origin)
     return cfg

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments.config import ConfigError, check_layer, family_dir, list_experiments, read_yaml
+from experiments.config import (
+    ConfigError,
+    check_layer,
+    family_dir,
+    list_experiments,
+    read_yaml,
+    sections_for,
+)
+from experiments.registry import get_family
 
 PROFILE_KEYS = {
     "description",
@@ -16,6 +24,7 @@ PROFILE_KEYS = {
     "tune_seeds",
     "lr_grid",
     "jobs",
+    "tasks",
 }
 
 
@@ -30,6 +39,8 @@ class Profile:
         the experiment's own `train.lr` (a fixed protocol such as the paper's).
     method_overrides: method name -> hyper-parameters replaced at this scale (e.g. LoRA-Dash's t for smoke).
     jobs: runs executed in parallel (each in its own process).
+    tasks: one-task-per-run families (GLUE): task -> its overrides (a sparse config layer, may be empty);
+        every experiment runs on every task, and the learning rate is chosen per (experiment, task).
     """
 
     family: str
@@ -42,6 +53,11 @@ class Profile:
     lr_grid: dict[str, tuple[float, ...] | str] = field(default_factory=dict)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: int = 1
+    tasks: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def task_list(self) -> list[str | None]:
+        return list(self.tasks) if self.tasks is not None else [None]
 
     @property
     def source(self) -> str:
@@ -65,8 +81,10 @@ def list_profiles(family: str) -> list[str]:
 def load_profile(family: str, name: str) -> Profile:
     path = family_dir(family) / "profiles.yaml"
     data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "<root>", "must be a mapping of profile names")
     if name not in data:
-        raise ValueError(f"unknown profile {name!r} for {family} (known: {', '.join(data)})")
+        raise ConfigError(path, "profile", f"unknown profile {name!r} for {family} (known: {', '.join(data)})")
     raw = data[name]
     src = f"{path}[{name}]"
     if not isinstance(raw, dict):
@@ -74,7 +92,8 @@ def load_profile(family: str, name: str) -> Profile:
     unknown = set(raw) - PROFILE_KEYS
     if unknown:
         raise ConfigError(src, sorted(unknown)[0], f"unknown key (known: {', '.join(sorted(PROFILE_KEYS))})")
-    check_layer(raw.get("overrides"), src)
+    sections = sections_for(family)
+    check_layer(raw.get("overrides"), src, sections)
     known = list_experiments(family)
     exps = raw.get("experiments", "all")
     exps = known if exps == "all" else exps
@@ -112,8 +131,19 @@ def load_profile(family: str, name: str) -> Profile:
     ):
         raise ConfigError(src, "method_overrides", "must map method names to mappings of hyper-parameters")
     jobs = raw.get("jobs", 1)
-    if not isinstance(jobs, int) or jobs < 1:
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ConfigError(src, "jobs", "must be an integer >= 1")
+    tasks = raw.get("tasks")
+    if get_family(family).one_task_per_run:
+        if isinstance(tasks, list):
+            tasks = {t: {} for t in tasks}
+        if not isinstance(tasks, dict) or not tasks:
+            raise ConfigError(src, "tasks", f"{family} runs one task per run: list the tasks (or task: overrides)")
+        for task, layer in tasks.items():
+            check_layer(layer or {}, f"{src}.tasks.{task}", sections)
+        tasks = {t: (layer or {}) for t, layer in tasks.items()}
+    elif tasks is not None:
+        raise ConfigError(src, "tasks", f"{family} scores every task in each run; it takes no `tasks`")
     return Profile(
         family=family,
         name=name,
@@ -125,4 +155,5 @@ def load_profile(family: str, name: str) -> Profile:
         lr_grid={k: v if v == "config" else tuple(float(x) for x in v) for k, v in grid.items()},
         method_overrides=method_overrides,
         jobs=jobs,
+        tasks=tasks,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import platform
 import resource
 import subprocess
@@ -14,8 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
-PROTOCOL_VERSION = "commonsense-mc-v1"
+SCHEMA_VERSION = 2  # 2: family-declared metrics (`test.score`, per-item `items`), config hash, task
 STATUSES = ("complete", "failed", "interrupted")
 REQUIRED_FIELDS = {
     "schema_version": int,
@@ -28,6 +29,7 @@ REQUIRED_FIELDS = {
     "seed": int,
     "lr": float,
     "config": dict,
+    "config_hash": str,
     "provenance": dict,
     "started_at": str,
 }
@@ -40,18 +42,39 @@ COMPLETE_FIELDS = {
     "peak_memory_mib": float,
     "diagnostics": dict,
 }
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "lm_eval", "loradash")
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "lm_eval", "scikit_learn", "scipy", "loradash")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def lr_tag(lr: float) -> str:
-    return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+    """A file-name tag that keeps every significant digit: 1e-3 -> "1e-3", 1.5e-3 -> "1.5e-3"."""
+    mantissa, exp = f"{lr:.12e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exp)}"
+
+
+RECORD_NAME = re.compile(r"^seed(\d+)_lr([0-9.]+e-?\d+)\.json$")
 
 
 def run_path(
-    results_dir: str | Path, profile: str, family: str, experiment: str, seed: int, lr: float
+    results_dir: str | Path,
+    profile: str,
+    family: str,
+    experiment: str,
+    seed: int,
+    lr: float,
+    task: str | None = None,
 ) -> Path:
-    return Path(results_dir) / profile / family / experiment / f"seed{seed}_lr{lr_tag(lr)}.json"
+    """results/<profile>/<family>/<experiment>/[<task>/]seed<S>_lr<LR>.json"""
+    folder = Path(results_dir) / profile / family / experiment
+    if task is not None:
+        folder = folder / task
+    return folder / f"seed{seed}_lr{lr_tag(lr)}.json"
+
+
+def iter_records(folder: Path) -> list[Path]:
+    """Every run record under `folder` (stale records kept beside them are not records)."""
+    return sorted(p for p in folder.glob("**/seed*_lr*.json") if RECORD_NAME.match(p.name))
 
 
 def write_atomic(path: Path, record: dict[str, Any]) -> None:
@@ -69,18 +92,26 @@ def write_atomic(path: Path, record: dict[str, Any]) -> None:
         raise
 
 
+class CorruptRecordError(ValueError):
+    """A run record that is not valid JSON (a user's or a disk's problem, reported in one line)."""
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
     """A record, or None when the file is absent. A corrupt file is reported, not silently skipped."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"corrupt run record {path}: {e}; delete it to rerun that run") from e
+        rec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptRecordError(f"corrupt run record {path}: {e}; move it away to rerun that run") from e
+    if not isinstance(rec, dict):
+        raise CorruptRecordError(f"corrupt run record {path}: not a JSON object; move it away to rerun that run")
+    return rec
 
 
-def validate_record(record: dict[str, Any]) -> list[str]:
-    """Schema problems of a record (empty when valid)."""
+def validate_record(record: dict[str, Any], primary_metric: str | None = None) -> list[str]:
+    """Schema problems of a record (empty when valid). A complete record must carry the family's primary metric
+    for every task, with per-item arrays of one length per task."""
     problems = []
     fields = dict(REQUIRED_FIELDS)
     if record.get("status") == "complete":
@@ -94,12 +125,23 @@ def validate_record(record: dict[str, Any]) -> list[str]:
         problems.append(f"status {record.get('status')!r} not in {STATUSES}")
     if record.get("status") == "complete":
         test = record.get("test", {})
-        for key in ("per_task", "mean_accuracy", "missing_tasks"):
+        for key in ("per_task", "score", "primary_metric", "missing_tasks", "protocol"):
             if key not in test:
                 problems.append(f"test.{key} missing")
+        metric = primary_metric or test.get("primary_metric")
+        if primary_metric and test.get("primary_metric") not in (None, primary_metric):
+            problems.append(f"test.primary_metric is {test.get('primary_metric')!r}, expected {primary_metric!r}")
+        if not test.get("per_task"):
+            problems.append("test.per_task is empty")
         for task, r in test.get("per_task", {}).items():
-            if not {"accuracy", "n", "correct"} <= set(r) or len(r["correct"]) != r["n"]:
-                problems.append(f"test.per_task.{task} incomplete")
+            items = r.get("items")
+            if not isinstance(r.get(metric), (int, float)) or not isinstance(items, dict) or "ids" not in items:
+                problems.append(f"test.per_task.{task} incomplete (needs {metric}, n and items.ids)")
+                continue
+            if any(len(v) != r.get("n") for v in items.values()):
+                problems.append(f"test.per_task.{task}.items: arrays differ from n={r.get('n')}")
+        if not isinstance(test.get("score"), (int, float)) or not math.isfinite(test["score"]):
+            problems.append("test.score is not a finite number")
         counts = record.get("param_counts", {})
         for key in ("trainable", "head", "stored", "total_model"):
             if not isinstance(counts.get(key), int):
@@ -118,10 +160,10 @@ def _git(*args: str) -> str:
 
 
 def git_state() -> dict[str, Any]:
+    """The commit, and whether any file of the project differs from it (untracked files included; generated
+    results are not code)."""
     commit = _git("rev-parse", "HEAD") or None
-    status = _git(
-        "status", "--porcelain", "--untracked-files=no", "--", "loradash", "baselines", "experiments"
-    )
+    status = _git("status", "--porcelain", "--untracked-files=all", "--", ".", ":(exclude)results")
     return {"commit": commit, "dirty": bool(status) if commit else None}
 
 
@@ -150,13 +192,13 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def provenance() -> dict[str, Any]:
+def provenance(protocol_version: str) -> dict[str, Any]:
     return {
         "git": git_state(),
         "packages": package_versions(),
         "hardware": hardware(),
         "python": platform.python_version(),
-        "protocol_version": PROTOCOL_VERSION,
+        "protocol_version": protocol_version,
     }
 
 

@@ -1,9 +1,10 @@
-"""Sweeps: the plan of runs a profile asks for, what is missing, learning-rate choice, resumable execution.
+"""Sweeps: the plan of runs a profile asks for, what is missing or stale, learning-rate choice, execution.
 
-A run is done when its record says "complete"; anything else (absent, failed, interrupted) is run again, so
-a killed sweep resumes where it stopped and a complete run is never repeated or overwritten. The learning
-rate of each experiment is chosen on the validation split from the tuning seeds' runs over the profile's grid;
-the other seeds then run at that rate only.
+A run is done when its record says "complete" and its config hash equals the planned config's; anything else
+(absent, failed, interrupted, stale) is run again, so a killed sweep resumes where it stopped and a complete,
+current run is never repeated. A stale record (its config has changed since) is kept beside the new one as
+`<name>.json.stale-<hash>`, never overwritten. The learning rate of each (experiment, task) is chosen on the
+validation split from the tuning seeds' runs over the profile's grid; the other seeds then run at that rate.
 """
 
 from __future__ import annotations
@@ -17,83 +18,125 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config import ExperimentConfig, load_experiment
+from baselines import build_method
+from experiments.config import ExperimentConfig, config_hash, load_experiment, with_overrides
 from experiments.profiles import Profile, load_profile
+from experiments.registry import get_family
 from experiments.results import read_record, run_path, write_atomic
+
+Key = tuple[str, str | None]  # (experiment, task); task is None for families that score every task per run
+
+
+def key_label(key: Key) -> str:
+    return key[0] if key[1] is None else f"{key[0]}/{key[1]}"
 
 
 @dataclass(frozen=True)
 class PlannedRun:
     experiment: str
+    task: str | None
     seed: int
     lr: float
     stage: str  # "tune" (grid x tune seeds) or "final" (other seeds at the chosen rate)
     path: Path
+    config_hash: str
 
     def status(self) -> str:
+        """missing / complete / failed / interrupted / stale (complete, but for a config that has changed)."""
         rec = read_record(self.path)
-        return "missing" if rec is None else str(rec.get("status"))
+        if rec is None:
+            return "missing"
+        if rec.get("status") == "complete" and rec.get("config_hash") != self.config_hash:
+            return "stale"
+        return str(rec.get("status"))
+
+    def set_aside_stale(self) -> Path | None:
+        """Move a stale record out of the way (kept beside the new one, never overwritten)."""
+        if self.status() != "stale":
+            return None
+        rec = read_record(self.path) or {}
+        dest = self.path.with_name(f"{self.path.name}.stale-{rec.get('config_hash') or 'unhashed'}")
+        self.path.replace(dest)
+        return dest
 
 
-def load_configs(profile: Profile) -> dict[str, ExperimentConfig]:
+def load_configs(profile: Profile) -> dict[Key, ExperimentConfig]:
     return {
-        name: load_experiment(
+        (name, task): load_experiment(
             profile.family,
             name,
             profile_overrides=profile.overrides,
             profile_source=profile.source,
             method_overrides=profile.method_overrides,
+            task=task,
+            task_overrides=(profile.tasks or {}).get(task) if task is not None else None,
         )
         for name in profile.experiments
+        for task in profile.task_list
     }
 
 
-def tune_plan(profile: Profile, configs: dict[str, ExperimentConfig], results_dir: Path) -> list[PlannedRun]:
+def planned_hash(cfg: ExperimentConfig, lr: float) -> str:
+    cfg = with_overrides(cfg, train={"lr": float(lr)})
+    return config_hash(cfg, dict(build_method(cfg.method.name, **cfg.method.params).params))
+
+
+def _planned(profile: Profile, key: Key, cfg: ExperimentConfig, seed: int, lr: float, stage: str,
+             results_dir: Path) -> PlannedRun:  # fmt: skip
+    path = run_path(results_dir, profile.name, profile.family, key[0], seed, lr, key[1])
+    return PlannedRun(key[0], key[1], seed, lr, stage, path, planned_hash(cfg, lr))
+
+
+def tune_plan(profile: Profile, configs: dict[Key, ExperimentConfig], results_dir: Path) -> list[PlannedRun]:
     return [
-        PlannedRun(
-            name, seed, lr, "tune", run_path(results_dir, profile.name, profile.family, name, seed, lr)
-        )
-        for name, cfg in configs.items()
+        _planned(profile, key, cfg, seed, lr, "tune", results_dir)
+        for key, cfg in configs.items()
         for lr in profile.grid_for(cfg.method.name, cfg.train.lr)
         for seed in profile.tune_seeds
     ]
 
 
-def choose_lr(profile: Profile, cfg: ExperimentConfig, results_dir: Path) -> dict[str, Any] | None:
-    """The grid rate with the best mean validation metric over the tuning seeds (ties: the smaller rate).
-    None while a tuning run of this experiment is not complete."""
+def best_validation(rec: dict[str, Any]) -> float:
+    """The selection metric at the kept checkpoint."""
+    metric = rec["selection_metric"]
+    return [p[metric] for p in rec["validation_curve"] if p["step"] == rec["best_step"]][0]
+
+
+def choose_lr(
+    profile: Profile, key: Key, cfg: ExperimentConfig, results_dir: Path
+) -> dict[str, Any] | None:
+    """The grid rate with the best mean validation metric over the tuning seeds (ties: the smaller rate); the
+    test set is never read. None while a tuning run of this (experiment, task) is not complete and current."""
+    sign = 1.0 if get_family(profile.family).higher_is_better(cfg.train.selection_metric) else -1.0
     scores = {}
     for lr in profile.grid_for(cfg.method.name, cfg.train.lr):
         vals = []
         for seed in profile.tune_seeds:
-            rec = read_record(run_path(results_dir, profile.name, profile.family, cfg.name, seed, lr))
-            if rec is None or rec.get("status") != "complete":
+            planned = _planned(profile, key, cfg, seed, lr, "tune", results_dir)
+            if planned.status() != "complete":
                 return None
-            metric = rec["selection_metric"]
-            best = [p[metric] for p in rec["validation_curve"] if p["step"] == rec["best_step"]][0]
-            vals.append(-best if metric == "val_loss" else best)
+            vals.append(sign * best_validation(read_record(planned.path) or {}))
         scores[lr] = sum(vals) / len(vals)
     chosen = max(sorted(scores), key=lambda lr: scores[lr])
     return {
         "lr": chosen,
-        "scores": {f"{k:g}": v for k, v in scores.items()},
+        "scores": {f"{k:g}": sign * v for k, v in scores.items()},
         "metric": cfg.train.selection_metric,
     }
 
 
 def final_plan(
-    profile: Profile, configs: dict[str, ExperimentConfig], results_dir: Path
-) -> tuple[list[PlannedRun], dict[str, Any]]:
+    profile: Profile, configs: dict[Key, ExperimentConfig], results_dir: Path
+) -> tuple[list[PlannedRun], dict[Key, Any]]:
     runs, chosen = [], {}
-    for name, cfg in configs.items():
-        choice = choose_lr(profile, cfg, results_dir)
-        chosen[name] = choice
+    for key, cfg in configs.items():
+        choice = choose_lr(profile, key, cfg, results_dir)
+        chosen[key] = choice
         if choice is None:
             continue
         for seed in profile.seeds:
             if seed not in profile.tune_seeds:
-                path = run_path(results_dir, profile.name, profile.family, name, seed, choice["lr"])
-                runs.append(PlannedRun(name, seed, choice["lr"], "final", path))
+                runs.append(_planned(profile, key, cfg, seed, choice["lr"], "final", results_dir))
     return runs, chosen
 
 
@@ -105,19 +148,13 @@ Executor = Callable[[PlannedRun], None]
 
 
 def _in_process(
-    profile: Profile, configs: dict[str, ExperimentConfig], results_dir: Path, progress: bool
+    profile: Profile, configs: dict[Key, ExperimentConfig], results_dir: Path, progress: bool
 ) -> Executor:
     from experiments.train import run
 
     def execute(r: PlannedRun) -> None:
-        run(
-            configs[r.experiment],
-            seed=r.seed,
-            lr=r.lr,
-            profile=profile.name,
-            results_dir=results_dir,
-            progress=progress,
-        )
+        run(configs[(r.experiment, r.task)], seed=r.seed, lr=r.lr, profile=profile.name,
+            results_dir=results_dir, progress=progress)  # fmt: skip
 
     return execute
 
@@ -127,6 +164,8 @@ def _subprocess(profile: Profile, results_dir: Path) -> Executor:
         cmd = [sys.executable, "-m", "experiments", "run", "--family", profile.family, "--profile", profile.name,
                "--experiment", r.experiment, "--seed", str(r.seed), "--lr", repr(r.lr),
                "--results-dir", str(results_dir), "--no-progress"]  # fmt: skip
+        if r.task is not None:
+            cmd += ["--task", r.task]
         subprocess.run(cmd, check=True)
 
     return execute
@@ -135,16 +174,21 @@ def _subprocess(profile: Profile, results_dir: Path) -> Executor:
 def execute_runs(
     runs: list[PlannedRun], executor: Executor, jobs: int, log: Callable[[str], None]
 ) -> dict[str, int]:
-    """Run every run that is not complete; failures are recorded in their files and do not stop the sweep."""
+    """Run every run that is not complete and current; failures are recorded in their files and do not stop
+    the sweep."""
     todo = [r for r in runs if r.status() != "complete"]
     counts = {"skipped": len(runs) - len(todo), "complete": 0, "failed": 0}
 
     def one(r: PlannedRun) -> None:
-        log(f"run {r.experiment} seed={r.seed} lr={r.lr:g} ({r.stage})")
+        label = key_label((r.experiment, r.task))
+        moved = r.set_aside_stale()
+        if moved:
+            log(f"stale record kept as {moved.name}")
+        log(f"run {label} seed={r.seed} lr={r.lr:g} ({r.stage})")
         try:
             executor(r)
         except Exception as e:  # recorded in the run's file by the runner (CalledProcessError included)
-            log(f"  FAILED {r.experiment} seed={r.seed} lr={r.lr:g}: {e}")
+            log(f"  FAILED {label} seed={r.seed} lr={r.lr:g}: {e}")
         counts["complete" if r.status() == "complete" else "failed"] += 1
 
     if jobs <= 1:
@@ -165,10 +209,12 @@ def sweep(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Tune (grid x tune seeds), choose each experiment's rate on validation, then run the other seeds."""
+    """Tune (grid x tune seeds), choose each rate on validation, then run the other seeds."""
     results_dir = Path(results_dir)
     profile = load_profile(family, profile_name)
     configs = load_configs(profile)
+    for cfg in {c.data: c for c in configs.values()}.values():
+        get_family(family).check_data(cfg)  # missing or malformed data fails before any run starts
     jobs = profile.jobs if jobs is None else jobs
     executor = (
         _in_process(profile, configs, results_dir, progress)
@@ -177,7 +223,10 @@ def sweep(
     )
     summary = {"tune": execute_runs(tune_plan(profile, configs, results_dir), executor, jobs, log)}
     final, chosen = final_plan(profile, configs, results_dir)
-    write_atomic(selected_lr_path(results_dir, profile), {"profile": profile.name, "selected": chosen})
+    write_atomic(
+        selected_lr_path(results_dir, profile),
+        {"profile": profile.name, "selected": {key_label(k): v for k, v in chosen.items()}},
+    )
     summary["final"] = execute_runs(final, executor, jobs, log)
     log(f"sweep {family}/{profile_name}: {json.dumps(summary)}")
     return summary
@@ -190,28 +239,16 @@ def plan_status(family: str, profile_name: str, results_dir: str | Path) -> list
     configs = load_configs(profile)
     final, chosen = final_plan(profile, configs, results_dir)
     rows = [
-        {
-            "experiment": r.experiment,
-            "seed": r.seed,
-            "lr": r.lr,
-            "stage": r.stage,
-            "status": r.status(),
-            "path": str(r.path),
-        }
+        {"experiment": r.experiment, "task": r.task, "seed": r.seed, "lr": r.lr, "stage": r.stage,
+         "status": r.status(), "path": str(r.path)}
         for r in tune_plan(profile, configs, results_dir) + final
-    ]
-    for name, choice in chosen.items():
+    ]  # fmt: skip
+    for key, choice in chosen.items():
         if choice is None:
             pending = [s for s in profile.seeds if s not in profile.tune_seeds]
             rows += [
-                {
-                    "experiment": name,
-                    "seed": s,
-                    "lr": None,
-                    "stage": "final",
-                    "status": "awaiting lr choice",
-                    "path": "",
-                }
+                {"experiment": key[0], "task": key[1], "seed": s, "lr": None, "stage": "final",
+                 "status": "awaiting lr choice", "path": ""}
                 for s in pending
-            ]
+            ]  # fmt: skip
     return rows

@@ -9,11 +9,10 @@ code on many GPUs.
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from baselines import build_method
-from experiments.config import ExperimentConfig, with_overrides
+from experiments.config import ExperimentConfig, config_hash, with_overrides
+from experiments.registry import get_family
 from experiments.results import (
+    REQUIRED_FIELDS,
     SCHEMA_VERSION,
     peak_memory_mib,
     provenance,
@@ -31,21 +32,6 @@ from experiments.results import (
     validate_record,
     write_atomic,
 )
-
-
-def _family_run(cfg: ExperimentConfig) -> Any:
-    # One entry per (family, model kind); each provides the same small interface (see CommonsenseRun):
-    # build_model, train_loader, num_train, loss, validate, evaluate_test, identity.
-    runners: dict[tuple[str, str], str] = {
-        ("commonsense", "multiple_choice"): "experiments.commonsense.family:CommonsenseRun",
-        ("commonsense_llm", "causal_lm"): "experiments.commonsense.causal_family:CommonsenseCausalRun",
-    }
-    key = (cfg.family, cfg.model.kind)
-    if key not in runners:
-        raise ValueError(f"no training-loop entry for family/model kind {key} (known: {sorted(runners)})")
-    module, cls = runners[key].split(":")
-    runner: Callable[[ExperimentConfig], Any] = getattr(importlib.import_module(module), cls)
-    return runner(cfg)
 
 
 def _cycle(loader: Any) -> Iterator[Any]:
@@ -78,9 +64,10 @@ def train_and_evaluate(
     AcceleratorState._reset_state()
     GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum)
-    family = _family_run(cfg)
+    family = get_family(cfg.family)(cfg)
     max_steps = t.max_steps or (t.epochs or 0) * math.ceil(family.num_train / t.batch_size)
     method = build_method(cfg.method.name, **cfg.method.params)
+    warmup = round(t.warmup_ratio * max_steps) if t.warmup_ratio is not None else t.warmup_steps
     base = family.build_model()
     if cfg.model.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -91,11 +78,12 @@ def train_and_evaluate(
     counts = method.counts(model)
     total_model = sum(p.numel() for p in model.parameters())
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    groups = [g for g in method.param_groups(model, t.lr) if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
     if t.schedule == "linear":
-        scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, max_steps)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, max_steps)
     else:
-        scheduler = get_constant_schedule_with_warmup(optimizer, t.warmup_steps)
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
     loader = family.train_loader(seed, t.batch_size // t.grad_accum)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     raw_model = accelerator.unwrap_model(model)
@@ -103,7 +91,7 @@ def train_and_evaluate(
     curve: list[dict[str, float]] = []
     lrs: list[float] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    sign = -1.0 if t.selection_metric == "val_loss" else 1.0
+    sign = 1.0 if type(family).higher_is_better(t.selection_metric) else -1.0
     step, examples, t0 = 0, 0, time.perf_counter()
     bar = tqdm(total=max_steps, disable=not progress, desc=f"{cfg.name} s{seed} lr{t.lr:g}", mininterval=5)
     batches = _cycle(loader)
@@ -121,7 +109,7 @@ def train_and_evaluate(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        examples += batch["labels"].shape[0]
+        examples += family.batch_size_of(batch)
         if not accelerator.sync_gradients:
             continue
         lrs.append(lr_now)  # lrs[i] is the rate of step i + 1
@@ -141,13 +129,10 @@ def train_and_evaluate(
     assert best is not None
     raw_model.load_state_dict(best[2], strict=False)
     test = family.evaluate_test(model, accelerator.device)
-    diagnostics = method.diagnostics(raw_model)
-    if "launch_step" in diagnostics and diagnostics["launch_step"] is not None:
-        # Adam moves each scalar by at most ~lr per step, so |lambda| <= sum of post-launch learning rates.
-        launch = int(diagnostics["launch_step"])
-        diagnostics["lr_x_post_launch_steps"] = t.lr * max(0, max_steps - launch)
-        diagnostics["scheduled_lr_sum_after_launch"] = float(sum(lrs[launch:]))
-        diagnostics["best_step_after_launch"] = best[1] > launch
+    fam = type(family)
+    scores = [r[fam.primary_metric] for r in test["per_task"].values()]
+    test |= {"primary_metric": fam.primary_metric, "score": sum(scores) / len(scores)}  # unweighted over tasks
+    diagnostics = method.diagnostics(raw_model, lrs=lrs, best_step=best[1])
     return {
         "param_counts": {
             "trainable": counts.trainable,
@@ -179,44 +164,48 @@ def run(
     """Train and evaluate one (experiment, seed, lr) and write its record; a failure or an interrupt is
     recorded as such (and retried by the next sweep), never left as a half-written file."""
     cfg = with_overrides(cfg, train={"lr": float(lr)})
-    path = run_path(results_dir, profile, cfg.family, cfg.name, seed, lr)
+    fam = get_family(cfg.family)
+    path = run_path(results_dir, profile, cfg.family, cfg.name, seed, lr, cfg.task)
+    resolved = dict(build_method(cfg.method.name, **cfg.method.params).params)
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "family": cfg.family,
         "profile": profile,
         "experiment": cfg.name,
+        "task": cfg.task,
         "method": cfg.method.name,
-        "method_params": dict(cfg.method.params),
+        "method_params": resolved,
         "seed": seed,
         "lr": float(lr),
         "config": cfg.to_dict(),
-        "provenance": provenance(),
+        "config_hash": config_hash(cfg, resolved),
+        "provenance": provenance(fam.protocol_version),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     t0 = time.perf_counter()
     try:
         record |= train_and_evaluate(cfg, seed=seed, profile=profile, progress=progress)
         record["status"] = "complete"
+        record["wall_time_s"] = time.perf_counter() - t0
+        record["peak_memory_mib"] = peak_memory_mib()
+        record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        problems = validate_record(record, fam.primary_metric)
+        if problems:  # a bug in the harness, not in the run: fail loudly rather than write a bad record
+            raise RuntimeError(f"run record for {path} does not match the schema: {problems}")
     except KeyboardInterrupt:
         record |= {"status": "interrupted", "wall_time_s": time.perf_counter() - t0}
         write_atomic(path, record)
         raise
     except Exception as e:
+        # Only the fields every record has survive into a failed record (a half-filled result would mislead).
+        record = {k: v for k, v in record.items() if k in REQUIRED_FIELDS or k in ("task", "started_at")}
         record |= {
             "status": "failed",
             "error": f"{type(e).__name__}: {e}",
             "traceback": traceback.format_exc(),
+            "wall_time_s": time.perf_counter() - t0,
         }
-        record["wall_time_s"] = time.perf_counter() - t0
         write_atomic(path, record)
         raise
-    record["wall_time_s"] = time.perf_counter() - t0
-    record["peak_memory_mib"] = peak_memory_mib()
-    record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    problems = validate_record(record)
-    if problems:  # a bug in the harness, not in the run: fail loudly rather than write a bad record
-        raise RuntimeError(f"run record for {path} does not match the schema: {problems}")
-    if not math.isfinite(record["test"]["mean_accuracy"]):
-        raise RuntimeError("non-finite test accuracy")
     write_atomic(path, record)
     return record

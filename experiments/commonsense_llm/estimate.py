@@ -82,4 +82,7 @@ def estimate_run(cfg: ExperimentConfig, n_train: int = COMMONSENSE_170K) -> dict
         "memory_gb": memory_gb,
         "fits_80gb": memory_gb < 80,
         "gpu_hours": train_h + eval_h,
+        "layout": f"{micro} x {t.grad_accum}",
+        "eval_every": t.eval_every,
+        "assumptions": f"one H100, {ASSUMPTIONS}",
     }

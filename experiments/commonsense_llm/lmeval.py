@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from experiments.commonsense.data import TASKS, default_data_dir, task_file
-from experiments.commonsense.prompts import PromptTemplate, build_prompt
+from experiments.commonsense_llm.prompts import PromptTemplate, build_prompt
 
 __all__ = [
     "DEFAULT_ANSWER_PREFIX",

@@ -1,0 +1,188 @@
+"""Experiment families: each is a folder `experiments/<family>/`, found by walking the folders.
+
+A family folder holds `family.py` with one `@register_family` class (a `Family` subclass), `defaults.yaml`,
+`profiles.yaml` and one folder per experiment (`<name>/experiment.yaml`). The class declares what the shared
+loop, sweeps, records and tables need to know, so that none of them names a family:
+
+- its typed config sections (`data_config`, `eval_config`: frozen dataclasses);
+- its test metrics, each with its direction, and the primary one the tables and verdicts read;
+- its validation metrics (with directions) for learning-rate and checkpoint selection;
+- whether a run trains on one task (`one_task_per_run`, e.g. GLUE) or on a mix scored on every task;
+- its protocol version, recorded in every run;
+- how to recompute a task's primary metric from the per-item arrays a record stores (`task_score`), so that
+  every statistic resamples items and recomputes the task's own metric.
+
+An instance is one run: the loop calls `build_model`, `train_loader`, `loss`, `validate`, `evaluate_test`
+and `identity` on it. This mirrors lm-eval's task index (folders walked, a duplicate name fails loudly, an
+unknown name lists the known ones).
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+EXPERIMENTS_ROOT = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A reported number and its direction."""
+
+    name: str
+    higher_is_better: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class NoEvalConfig:
+    """For families whose test scoring has no settings."""
+
+
+class UnknownFamilyError(ValueError):
+    pass
+
+
+class Family(abc.ABC):
+    """One experiment family (class-level declarations) and one run of it (an instance)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    protocol_version: ClassVar[str]
+    data_config: ClassVar[type]
+    eval_config: ClassVar[type] = NoEvalConfig
+    metrics: ClassVar[Mapping[str, Metric]]  # test metrics recorded per task
+    primary_metric: ClassVar[str]  # the per-task metric tables and verdicts read (a key of `metrics`)
+    validation_metrics: ClassVar[Mapping[str, Metric]]  # what `validate` returns
+    one_task_per_run: ClassVar[bool] = False  # True: profiles sweep `data.task` over their `tasks`
+    score_unit: ClassVar[str] = "points"  # tables show 100 x the primary metric
+    chance: ClassVar[Mapping[str, float]] = {}  # task -> primary metric of a trivial predictor (plots)
+    paper_model: ClassVar[str | None] = None  # the model the paper's numbers of this family come from
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    # -- declarations used by the harness ------------------------------------------------------------------
+    @classmethod
+    def folder(cls) -> Path:
+        return EXPERIMENTS_ROOT / cls.name
+
+    @classmethod
+    def higher_is_better(cls, metric: str) -> bool:
+        m = {**cls.metrics, **cls.validation_metrics}.get(metric)
+        if m is None:
+            known = sorted({*cls.metrics, *cls.validation_metrics})
+            raise ValueError(f"family {cls.name}: unknown metric {metric!r} (known: {', '.join(known)})")
+        return m.higher_is_better
+
+    @classmethod
+    @abc.abstractmethod
+    def task_score(cls, task: str, items: Mapping[str, np.ndarray]) -> float:
+        """The task's primary metric recomputed from per-item arrays (the record's `items`, possibly
+        resampled): e.g. mean correctness, or Matthews correlation of labels and predictions."""
+
+    @classmethod
+    def task_scores(cls, task: str, items: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        """`task_score` of each resample (idx: [B, n] item indices) -> [B]. Override with a vectorised form
+        when the metric is slow to call thousands of times."""
+        return np.array([cls.task_score(task, {k: np.asarray(v)[row] for k, v in items.items()}) for row in idx])
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> list[tuple[str, str]]:
+        """Family-specific value checks of a merged config: (key, problem) pairs; empty when fine."""
+        return []
+
+    @classmethod
+    def check_data(cls, cfg: Any) -> None:
+        """Raise (FileNotFoundError / ValueError naming the file) when the data a run needs is absent or
+        unparseable; called before any run starts."""
+        return None
+
+    @classmethod
+    def estimate(cls, cfg: Any) -> dict[str, Any] | None:
+        """GPU memory and hours of a full-scale run, for `list --estimate`; None when the family has none."""
+        return None
+
+    # -- one run -------------------------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def num_train(self) -> int: ...
+
+    @abc.abstractmethod
+    def build_model(self) -> torch.nn.Module: ...
+
+    @abc.abstractmethod
+    def train_loader(self, seed: int, micro_batch_size: int) -> DataLoader: ...
+
+    @abc.abstractmethod
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def validate(self, model: torch.nn.Module, device: Any) -> dict[str, float]: ...
+
+    @abc.abstractmethod
+    def evaluate_test(self, model: torch.nn.Module, device: Any) -> dict[str, Any]:
+        """{"protocol": str, "per_task": {task: {"n", <metrics>, "items": {"ids": [...], <arrays>}}},
+        "missing_tasks": [...]}; the loop adds the aggregate `score`."""
+
+    @abc.abstractmethod
+    def identity(self) -> dict[str, Any]: ...
+
+    @staticmethod
+    def batch_size_of(batch: Any) -> int:
+        return int(batch["labels"].shape[0])
+
+
+_FAMILIES: dict[str, type[Family]] = {}
+_DISCOVERED = False
+
+
+def register_family(cls: type[Family]) -> type[Family]:
+    """Class decorator: add a family under `cls.name`; a duplicate name or a missing declaration raises."""
+    if not (isinstance(cls, type) and issubclass(cls, Family)):
+        raise TypeError(f"register_family expects a Family subclass, got {cls!r}")
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} must define a non-empty class attribute `name`")
+    if name in _FAMILIES and _FAMILIES[name] is not cls:
+        raise ValueError(f"family {name!r} is already registered (by {_FAMILIES[name].__qualname__})")
+    for attr in ("protocol_version", "data_config", "metrics", "primary_metric", "validation_metrics"):
+        if not hasattr(cls, attr):
+            raise ValueError(f"family {name}: missing class attribute {attr!r}")
+    if cls.primary_metric not in cls.metrics:
+        raise ValueError(f"family {name}: primary_metric {cls.primary_metric!r} is not in its metrics")
+    _FAMILIES[name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Import `experiments/<family>/family.py` of every folder that has one and a defaults.yaml."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    for d in sorted(EXPERIMENTS_ROOT.iterdir()):
+        if (d / "family.py").is_file() and (d / "defaults.yaml").is_file():
+            importlib.import_module(f"experiments.{d.name}.family")
+    _DISCOVERED = True
+
+
+def available_families() -> list[str]:
+    _discover()
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> type[Family]:
+    _discover()
+    if name not in _FAMILIES:
+        raise UnknownFamilyError(
+            f"unknown experiment family {name!r} (known: {', '.join(available_families())})"
+        )
+    return _FAMILIES[name]
