@@ -1,6 +1,6 @@
 """Paper-protocol evaluation throughput, batched against batch size 1, on the tiny LLaMA of the tests.
 
-Runs `experiments.commonsense.generation.evaluate_generation` (4-beam search, 32 new tokens) over the
+Runs `experiments.commonsense_llm.generation.evaluate_generation` (4-beam search, 32 new tokens) over the
 fixture items, cycled to `--items`, once at batch size 1 (how the reference's scripts run) and once at
 `--batch-size` (default 16), checks that every output and every extracted answer is identical, and
 prints the speed-up (target >= 8x at batch 16).  Exits 1 if any answer differs; the speed-up target is
@@ -27,7 +27,7 @@ import torch
 
 # The tiny model and tokenizer are the ones the tests prove batch-invariant; reuse them rather than a copy.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.commonsense.generation import GenerationResult, evaluate_generation  # noqa: E402
+from experiments.commonsense_llm.generation import GenerationResult, evaluate_generation  # noqa: E402
 from tests.test_commonsense_causal import tiny_causal_lm  # noqa: E402
 
 TARGET_SPEEDUP = 8.0

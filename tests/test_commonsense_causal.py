@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from experiments.commonsense import LABELS, TASKS, Example, load_examples, load_mixed, task_file
-from experiments.commonsense.generation import (
+from experiments.commonsense_llm.generation import (
     GenerationResult,
     ItemResult,
     _left_pad,
@@ -25,7 +25,7 @@ from experiments.commonsense.generation import (
     generation_config,
     pad_token_id,
 )
-from experiments.commonsense.prompts import (
+from experiments.commonsense_llm.prompts import (
     IGNORE_INDEX,
     INDENT,
     build_prompt,
@@ -502,7 +502,7 @@ def test_generation_argument_errors(tiny_lm) -> None:
 def test_lmeval_tasks_render_the_prompt_exactly(tmp_path: Path) -> None:
     from lm_eval.tasks import TaskManager
 
-    from experiments.commonsense.lmeval import (
+    from experiments.commonsense_llm.lmeval import (
         DEFAULT_ANSWER_PREFIX,
         TAG,
         lmeval_task_name,
@@ -532,7 +532,7 @@ def test_lmeval_tasks_render_the_prompt_exactly(tmp_path: Path) -> None:
 def test_lmeval_prompt_with_input_and_without_prefix(tmp_path: Path) -> None:
     from lm_eval.utils import apply_template
 
-    from experiments.commonsense.lmeval import task_config
+    from experiments.commonsense_llm.lmeval import task_config
 
     config = task_config("boolq", FIXTURES / "boolq" / "test.json", template="train", answer_prefix="")
     doc = {"instruction": "Q {{x}}", "input": "ctx", "answer": "true"}  # braces in data stay literal
@@ -552,7 +552,7 @@ def _save_tiny(model: Any, tokenizer: Any, directory: Path) -> Path:
 
 
 def test_run_lmeval_base_model_path_and_object_agree(tiny_lm, tmp_path: Path) -> None:
-    from experiments.commonsense.lmeval import run_lmeval
+    from experiments.commonsense_llm.lmeval import run_lmeval
 
     model, tokenizer, _ = tiny_lm
     base = _save_tiny(model, tokenizer, tmp_path / "base")
@@ -575,7 +575,7 @@ def test_run_lmeval_peft_and_loradash_adapters(tiny_lm, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     import loradash
-    from experiments.commonsense.lmeval import is_loradash_adapter, load_loradash_model, run_lmeval
+    from experiments.commonsense_llm.lmeval import is_loradash_adapter, load_loradash_model, run_lmeval
 
     model, tokenizer, examples = tiny_lm
     base = _save_tiny(model, tokenizer, tmp_path / "base")

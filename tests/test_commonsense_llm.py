@@ -96,7 +96,7 @@ def test_paper_plan_is_exactly_the_protocol():
 
 
 def test_estimate_counts_the_paper_parameters():
-    from experiments.estimate import estimate_run
+    from experiments.commonsense_llm.estimate import estimate_run
 
     p = load_profile("commonsense_llm", "paper")
     lora = estimate_run(
