@@ -1,7 +1,8 @@
 """LoRA-Dash (Si et al., ICLR 2025) as a peft LoRA variant.
 
 Public API: `LoraDashConfig`, `get_loradash_model`, `update_loradash`, `LoraDashCallback`,
-`select_task_specific_directions`, `from_pretrained`, `export_as_lora`.
+`select_task_specific_directions`, `from_pretrained`, `export_as_lora`, `SVDCache` (the launch's on-disk SVD
+cache, enabled by `LoraDashConfig.svd_cache_dir` or `$LORADASH_SVD_CACHE`).
 """
 
 __version__ = "0.1.0"
@@ -17,7 +18,8 @@ from .model import (
     launch_loradash,
     update_loradash,
 )
-from .selection import LowRankUpdate, TaskSpecificDirections, select_task_specific_directions
+from .selection import LowRankUpdate, TaskSpecificDirections, select_task_specific_directions, weight_svd
+from .svd_cache import SVDCache
 
 
 def __getattr__(name: str):  # LoraDashCallback imports transformers' Trainer machinery: load it on first use
@@ -34,6 +36,7 @@ __all__ = [
     "LoraDashConfig",
     "LoraDashVariant",
     "LowRankUpdate",
+    "SVDCache",
     "TaskSpecificDirections",
     "dash_diagnostics",
     "dash_layers",
@@ -43,4 +46,5 @@ __all__ = [
     "launch_loradash",
     "select_task_specific_directions",
     "update_loradash",
+    "weight_svd",
 ]

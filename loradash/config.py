@@ -9,6 +9,8 @@ from typing import Any
 
 from peft import LoraConfig
 
+from .svd_cache import SVD_CACHE_ENV
+
 __all__ = ["LoraDashConfig", "PRELAUNCH_CLOCKS", "LORADASH_PEFT_TYPE", "CONFIG_MARKER"]
 
 PRELAUNCH_CLOCKS = ("optimizer_step", "forward_call")
@@ -35,6 +37,14 @@ class LoraDashConfig(LoraConfig):
             `update_loradash(model, global_step)` once global_step >= t) or "forward_call" (the authors' code:
             each layer counts its own forward calls, evaluation passes, accumulation micro-batches and
             checkpoint recomputation included, and launches at call t + 1; for fidelity studies only).
+        svd_cache_dir: a folder where the launch keeps the SVD of every targeted base weight (safetensors, keyed
+            by the base model's name and a hash of the weight; see `loradash.SVDCache`), so that other seeds,
+            ranks or numbers of directions on the same base model skip the decompositions. Opt-in: None (default)
+            takes the `LORADASH_SVD_CACHE` environment variable, read once when the config is built, and no
+            cache if that is unset; "" disables it whatever the environment says. The selections are
+            bit-identical to an uncached launch's on the same machine. A runtime setting like peft's
+            `runtime_config`: it is not written to adapter_config.json (pass it to `loradash.from_pretrained`
+            when resuming a checkpoint saved before the launch).
         use_loradash: the peft variant switch; always True for this config.
     """
 
@@ -52,6 +62,10 @@ class LoraDashConfig(LoraConfig):
     change_rate_eps: float = field(default=1e-8, metadata={"help": "eps in the change-rate denominator."})
     prelaunch_clock: str = field(
         default="optimizer_step", metadata={"help": "What t counts: 'optimizer_step' or 'forward_call'."}
+    )
+    svd_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": f"Folder caching the base weights' SVDs (None: ${SVD_CACHE_ENV} or no cache)."},
     )
 
     def __post_init__(self) -> None:
@@ -79,6 +93,18 @@ class LoraDashConfig(LoraConfig):
             )
         if self.use_dora:
             raise ValueError("LoRA-Dash cannot be combined with DoRA (use_dora=True).")
+        if self.svd_cache_dir is None:
+            self.svd_cache_dir = os.environ.get(SVD_CACHE_ENV) or None
+        elif isinstance(self.svd_cache_dir, os.PathLike):
+            self.svd_cache_dir = os.fspath(self.svd_cache_dir)
+        elif not isinstance(self.svd_cache_dir, str):
+            raise TypeError(f"svd_cache_dir must be a path or None, got {self.svd_cache_dir!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields saved to adapter_config.json: all but the machine-local `svd_cache_dir`."""
+        data = super().to_dict()
+        data.pop("svd_cache_dir", None)
+        return data
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         """Write adapter_config.json with `peft_type` = "LORADASH".

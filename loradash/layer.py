@@ -20,6 +20,7 @@ Before the launch U and Vh are zero, so the dash term is exactly zero and so is 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from peft.tuners.lora.layer import LoraVariant
 from torch import nn
 
 from .selection import LowRankUpdate, select_task_specific_directions
+from .svd_cache import SVDCache
 
 __all__ = ["DashLinear", "DashScalars", "LoraDashVariant", "launch_layer"]
 
@@ -42,7 +44,7 @@ DASH_STATE = (
     "lora_dash_launched",
     "lora_dash_forward_calls",
 )
-DASH_SETTINGS = ("dash_prelaunch_steps", "dash_eps", "dash_clock")
+DASH_SETTINGS = ("dash_prelaunch_steps", "dash_eps", "dash_clock", "dash_svd_cache")
 
 
 class DashScalars(nn.Module):
@@ -86,6 +88,10 @@ class LoraDashVariant(LoraVariant):
         module.dash_prelaunch_steps[adapter_name] = int(config.prelaunch_steps)
         module.dash_eps[adapter_name] = float(config.change_rate_eps)
         module.dash_clock[adapter_name] = config.prelaunch_clock
+        cache_dir = getattr(config, "svd_cache_dir", None)
+        module.dash_svd_cache[adapter_name] = (
+            SVDCache(cache_dir, model_id=config.base_model_name_or_path) if cache_dir else None
+        )
 
     @staticmethod
     def delta_weight(module: DashLinear, adapter: str) -> torch.Tensor:
@@ -151,6 +157,7 @@ class DashLinear(lora_layer.Linear):
     dash_prelaunch_steps: dict[str, int]
     dash_eps: dict[str, float]
     dash_clock: dict[str, str]
+    dash_svd_cache: dict[str, SVDCache | None]
 
     adapter_layer_names = lora_layer.Linear.adapter_layer_names + DASH_TRAINABLE
     other_param_names = lora_layer.Linear.other_param_names + DASH_STATE + DASH_SETTINGS
@@ -197,6 +204,7 @@ def launch_layer(module: DashLinear, adapter: str) -> None:
     """Select the task-specific directions of one layer from its current LoRA update and fill U, Vh in place.
 
     Paper Sec. 4, "pre-launch" -> "dash": dW = (alpha/r) B A after t updates; keep the top-s change rates.
+    With `LoraDashConfig.svd_cache_dir` set, W's SVD comes from (or goes to) that `SVDCache`.
     """
     if module.merged:
         raise RuntimeError("Cannot launch LoRA-Dash on a merged layer: unmerge first.")
@@ -208,9 +216,16 @@ def launch_layer(module: DashLinear, adapter: str) -> None:
         B=module.lora_B[adapter].weight, A=module.lora_A[adapter].weight, scaling=module.scaling[adapter]
     )
     s = module.lora_dash_U[adapter].shape[1]
-    tsd = select_task_specific_directions(weight, update, s, eps=module.dash_eps[adapter])
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    cache = module.dash_svd_cache.get(adapter)
+    svd = None
+    if cache is not None:
+        if distributed and torch.distributed.get_rank() != 0:
+            cache = dataclasses.replace(cache, write=False)  # one writer per entry
+        svd = cache.svd(weight)
+    tsd = select_task_specific_directions(weight, update, s, eps=module.dash_eps[adapter], svd=svd)
     U, Vh, idx, sigma = tsd.U, tsd.Vh, tsd.indices, tsd.singular_values[tsd.indices]
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if distributed:
         # SVD signs and tie order can differ between ranks: use rank 0's choice everywhere.
         for t in (U, Vh, idx, sigma):
             torch.distributed.broadcast(t, src=0)

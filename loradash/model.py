@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import check_target_module_exists
-from peft.utils import get_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -138,28 +138,43 @@ def from_pretrained(
     directory: str | os.PathLike[str],
     adapter_name: str = "default",
     is_trainable: bool = False,
+    *,
+    svd_cache_dir: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Load a LoRA-Dash adapter folder written by `model.save_pretrained` onto `base_model`.
 
     Restores LoRA A/B, the scalars, U_s, Vh_s, the chosen indices, the launch flag and the forward-call count,
-    so a checkpoint saved before the launch resumes in the pre-launch phase. Raises if any LoRA-Dash tensor is
-    missing from the folder.
+    so a checkpoint saved before the launch resumes in the pre-launch phase. `directory` is a local folder; its
+    weights are read from `adapter_model.safetensors` only (a pickled `adapter_model.bin` is refused, never
+    unpickled). Raises if any LoRA-Dash tensor is missing from the folder. `svd_cache_dir` sets
+    `LoraDashConfig.svd_cache_dir` (a runtime setting, not saved) for a launch still to come.
     """
     directory = os.fspath(directory)
-    config = _register(LoraDashConfig.load(directory))
+    if kwargs.get("subfolder"):  # peft's hub-style argument: read config and weights from the same folder
+        directory = os.path.join(directory, kwargs.pop("subfolder"))
+    config = LoraDashConfig.load(directory)
+    if svd_cache_dir is not None:
+        config.svd_cache_dir = os.fspath(svd_cache_dir)
+    weights = os.path.join(directory, SAFETENSORS_WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        found = sorted(f for f in os.listdir(directory) if f.startswith("adapter_model"))
+        raise FileNotFoundError(
+            f"No {SAFETENSORS_WEIGHTS_NAME} in {directory!r} (found {found or 'no adapter weights'}). "
+            "LoRA-Dash loads adapter weights from safetensors only; pickle files (.bin, .pt) are not opened, "
+            "since unpickling can run arbitrary code. Convert a checkpoint you trust with "
+            "safetensors.torch.save_file(torch.load(path, weights_only=True), ...)."
+        )
+    config = _register(config)
     config.inference_mode = not is_trainable
     model = PeftModel.from_pretrained(
         base_model, directory, adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
     )
-    _check_complete(model, directory, adapter_name)
+    _check_complete(model, weights, adapter_name)
     return model
 
 
-def _check_complete(model: Any, directory: str, adapter_name: str) -> None:
-    path = os.path.join(directory, "adapter_model.safetensors")
-    if not os.path.isfile(path):
-        return  # a .bin checkpoint: peft already validated what it could
+def _check_complete(model: Any, path: str, adapter_name: str) -> None:
     with safe_open(path, framework="pt") as f:
         saved = set(f.keys())
     expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name))

@@ -11,7 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LowRankUpdate", "TaskSpecificDirections", "select_task_specific_directions", "change_rates"]
+__all__ = [
+    "LowRankUpdate",
+    "TaskSpecificDirections",
+    "select_task_specific_directions",
+    "change_rates",
+    "weight_svd",
+]
+
+# (U [out, k], S [k], Vh [k, in]) of a weight, fp32, k = min(out, in)
+SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -82,11 +91,25 @@ def change_rates(
     return torch.nan_to_num(rate, nan=0.0)
 
 
+def weight_svd(weight: torch.Tensor) -> SVD:
+    """The thin SVD ``W = U diag(S) Vh`` of ``weight`` in fp32 (whatever its dtype), without autocast or grad.
+
+    Shapes: weight [out, in] -> U [out, k], S [k] (descending), Vh [k, in], k = min(out, in), on weight's device.
+    This is the decomposition the selection uses; :class:`loradash.SVDCache` stores exactly its output.
+    """
+    with torch.no_grad(), torch.autocast(device_type=weight.device.type, enabled=False):
+        W = weight.detach().to(torch.float32)
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    return U, S, Vh
+
+
 def select_task_specific_directions(
     weight: torch.Tensor,
     delta_weight: torch.Tensor | LowRankUpdate,
     num_directions: int,
     eps: float = 1e-8,
+    *,
+    svd: SVD | None = None,
 ) -> TaskSpecificDirections:
     """Pick the ``num_directions`` singular directions of ``weight`` that ``delta_weight`` changes most.
 
@@ -96,6 +119,8 @@ def select_task_specific_directions(
         num_directions: s, how many directions to keep (1 <= s <= min(out, in)).
         eps: added to sigma_i in the denominator of the change rate (the paper's epsilon; the authors' code has
             none). Must be >= 0.
+        svd: ``weight_svd(weight)`` computed earlier (e.g. read from a :class:`loradash.SVDCache`), fp32, on
+            ``weight``'s device; None computes it here. Passing the same decomposition gives bit-identical results.
 
     Returns:
         A :class:`TaskSpecificDirections`. U and Vh are fp32 on ``weight``'s device.
@@ -112,9 +137,18 @@ def select_task_specific_directions(
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
 
+    if svd is None:
+        svd = weight_svd(weight)
+    U, S, Vh = svd  # U [out, k], S [k], Vh [k, in]
+    out_f, in_f = weight.shape
+    if U.shape != (out_f, k) or S.shape != (k,) or Vh.shape != (k, in_f):
+        raise ValueError(
+            f"svd of a {out_f} x {in_f} weight must be U {(out_f, k)}, S {(k,)}, Vh {(k, in_f)}; "
+            f"got U {tuple(U.shape)}, S {tuple(S.shape)}, Vh {tuple(Vh.shape)}"
+        )
+    if any(t.dtype != torch.float32 for t in svd):
+        raise ValueError(f"svd must be fp32, got {[t.dtype for t in svd]}")
     with torch.no_grad(), torch.autocast(device_type=weight.device.type, enabled=False):
-        W = weight.detach().to(torch.float32)
-        U, S, Vh = torch.linalg.svd(W, full_matrices=False)  # U [out, k], S [k], Vh [k, in]
         rate = change_rates(U, S, Vh, delta_weight, eps)
         # Stable sort: equal rates (e.g. dW = 0 at t = 0) resolve to the lower index, i.e. the larger sigma,
         # so the choice is deterministic across runs and ranks.
