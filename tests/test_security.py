@@ -1,0 +1,168 @@
+"""Nothing unpickles a file the user did not write: adapters, checkpoints and caches are safetensors only."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+import loradash
+from loradash import LoraDashConfig, SVDCache, get_loradash_model, launch_loradash
+from tests.conftest import tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("loradash", "baselines", "experiments", "bench")
+TARGETS = ["query", "key", "value", "dense"]
+
+
+class _Trap:
+    """A pickle that, if ever unpickled, creates `marker` (standing in for arbitrary code)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def write_trap(path: Path, marker: Path) -> None:
+    path.write_bytes(pickle.dumps({"weights": _Trap(marker)}))
+
+
+def dash_model(**kw):
+    return get_loradash_model(
+        tiny_bert(), LoraDashConfig(r=4, lora_alpha=8, target_modules=TARGETS, num_directions=2, **kw)
+    )
+
+
+def test_trap_works(tmp_path):
+    # The marker really appears when the file is unpickled: the negative tests below are meaningful.
+    write_trap(tmp_path / "x.bin", tmp_path / "marker")
+    pickle.loads((tmp_path / "x.bin").read_bytes())
+    assert (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("name", ["adapter_model.bin", "adapter_model.pt"])
+def test_from_pretrained_refuses_a_pickled_adapter(tmp_path, name):
+    dash_model().save_pretrained(tmp_path)
+    (tmp_path / "adapter_model.safetensors").unlink()
+    write_trap(tmp_path / name, tmp_path / "marker")
+    with pytest.raises(FileNotFoundError, match="safetensors only") as err:
+        loradash.from_pretrained(tiny_bert(), tmp_path)
+    assert name in str(err.value) and "adapter_model.safetensors" in str(err.value)
+    assert not (tmp_path / "marker").exists()
+
+
+def test_saved_and_exported_adapters_are_safetensors_only(tmp_path):
+    model = dash_model(prelaunch_steps=0)
+    launch_loradash(model)
+    model.save_pretrained(tmp_path / "dash")
+    loradash.export_as_lora(model, tmp_path / "lora")
+    for folder in ("dash", "lora"):
+        files = set(os.listdir(tmp_path / folder)) - {"README.md"}  # peft writes a model card
+        assert files == {"adapter_config.json", "adapter_model.safetensors"}, files
+
+
+def test_svd_cache_never_unpickles_an_entry(tmp_path):
+    model = dash_model(svd_cache_dir=str(tmp_path / "cache"))
+    _, module, _ = next(iter(loradash.dash_layers(model)))
+    weight = module.get_base_layer().weight
+    path = Path(SVDCache(str(tmp_path / "cache")).path(weight))
+    path.parent.mkdir(parents=True)
+    write_trap(path, tmp_path / "marker")  # a pickle where an entry belongs
+    launch_loradash(model)
+    assert not (tmp_path / "marker").exists()
+    with safe_open(str(path), framework="pt") as f:  # replaced by a valid entry
+        assert set(f.keys()) == {"U", "S", "Vh"}
+
+
+def _python_files():
+    for top in SOURCES:
+        yield from sorted((ROOT / top).rglob("*.py"))
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def _kw(call: ast.Call, name: str) -> ast.AST | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def _is_const(node: ast.AST | None, value: object) -> bool:
+    return isinstance(node, ast.Constant) and node.value is value
+
+
+UNPICKLERS = {
+    "pickle.load",
+    "pickle.loads",
+    "pickle.Unpickler",
+    "cPickle.load",
+    "dill.load",
+    "dill.loads",
+    "cloudpickle.load",
+    "cloudpickle.loads",
+    "joblib.load",
+    "pd.read_pickle",
+    "pandas.read_pickle",
+    "torch.serialization.load",
+}
+
+
+def unsafe_calls(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = _dotted(node.func)
+        if name == "torch.load" and not _is_const(_kw(node, "weights_only"), True):
+            found.append((node.lineno, "torch.load without weights_only=True"))
+        elif name in UNPICKLERS:
+            found.append((node.lineno, name))
+        elif name in ("np.load", "numpy.load") and _kw(node, "allow_pickle") is not None:
+            if not _is_const(_kw(node, "allow_pickle"), False):
+                found.append((node.lineno, "np.load(allow_pickle=...)"))
+        trust = _kw(node, "trust_remote_code")
+        if trust is not None and not _is_const(trust, False):
+            found.append((node.lineno, "trust_remote_code"))
+    return found
+
+
+def test_scanner_catches_what_it_looks_for():
+    code = (
+        "torch.load(p)\ntorch.load(p, weights_only=False)\ntorch.load(p, weights_only=True)\n"
+        "pickle.loads(b)\nnp.load(p, allow_pickle=True)\nnp.load(p)\n"
+        "AutoModel.from_pretrained(p, trust_remote_code=True)\nAutoModel.from_pretrained(p, trust_remote_code=x)\n"
+        "AutoModel.from_pretrained(p, trust_remote_code=False)\n"
+    )
+    assert [line for line, _ in unsafe_calls(ast.parse(code))] == [1, 2, 4, 5, 7, 8]
+
+
+def test_sources_never_unpickle_or_trust_remote_code():
+    problems = []
+    for path in _python_files():
+        for line, what in unsafe_calls(ast.parse(path.read_text(), filename=str(path))):
+            problems.append(f"{path.relative_to(ROOT)}:{line}: {what}")
+    assert problems == []
+
+
+def test_configs_and_model_args_never_trust_remote_code():
+    # Strings reach transformers / lm-eval too ("trust_remote_code=True" in model_args, YAML configs).
+    pattern = re.compile(r"trust_remote_code\s*[=:]\s*['\"]?(true|1|yes)\b", re.IGNORECASE)
+    problems = []
+    for top in SOURCES:
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.suffix in (".py", ".yaml", ".yml", ".json", ".toml", ".cfg") and path.is_file():
+                for i, text in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+                    if pattern.search(text):
+                        problems.append(f"{path.relative_to(ROOT)}:{i}")
+    assert problems == []
