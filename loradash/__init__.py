@@ -8,11 +8,11 @@ cache, enabled by `LoraDashConfig.svd_cache_dir` or `$LORADASH_SVD_CACHE`).
 __version__ = "0.1.0"
 
 from .config import LoraDashConfig
+from .export import export_as_lora
 from .layer import DashLinear, LoraDashVariant
 from .model import (
     dash_diagnostics,
     dash_layers,
-    export_as_lora,
     from_pretrained,
     get_loradash_model,
     launch_loradash,

@@ -1,19 +1,17 @@
-"""Wrapping, the launch clock, loading and export of LoRA-Dash models."""
+"""Wrapping, the launch clock and loading of LoRA-Dash models (export: `loradash.export`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from .config import LoraDashConfig
@@ -24,7 +22,6 @@ __all__ = [
     "update_loradash",
     "launch_loradash",
     "from_pretrained",
-    "export_as_lora",
     "dash_layers",
     "dash_diagnostics",
 ]
@@ -181,59 +178,3 @@ def _check_complete(model: Any, path: str, adapter_name: str) -> None:
     missing = sorted(expected - saved)
     if missing:
         raise ValueError(f"{path} lacks {len(missing)} LoRA-Dash tensors, e.g. {missing[:3]}")
-
-
-def export_as_lora(model: Any, directory: str | os.PathLike[str], adapter_name: str = "default") -> None:
-    """Write a plain peft LoRA adapter of rank r + s that reproduces the LoRA-Dash model (up to fp32 rounding).
-
-    The update (alpha/r) B A + U_s diag(lambda) Vh_s has rank <= r + s: stack A' = [A; diag(lambda) Vh_s]
-    ((r+s) x in) and B' = [(alpha/r) B, U_s] (out x (r+s)) and set lora_alpha = r + s so peft's scaling is 1.
-    The folder loads with stock `peft.PeftModel.from_pretrained` (and serving stacks that read peft LoRA).
-    """
-    directory = os.fspath(directory)
-    config = model.peft_config[adapter_name]
-    if not isinstance(config, LoraDashConfig):
-        raise TypeError(f"adapter {adapter_name!r} is not a LoRA-Dash adapter")
-    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
-    s = config.num_directions
-    for name, module, adapter in dash_layers(model, adapter_name):
-        if module.merged:
-            raise RuntimeError(f"{name} is merged; unmerge before export_as_lora")
-        key = name  # peft's adapter state-dict keys are the module path without the adapter name
-        A = module.lora_A[adapter].weight.detach().float()  # [r, in]
-        B = module.lora_B[adapter].weight.detach().float()  # [out, r]
-        lam = module.lora_dash_lambda[adapter].weight.detach().float()  # [s]
-        U = module.lora_dash_U[adapter].float()  # [out, s]
-        Vh = module.lora_dash_Vh[adapter].float()  # [s, in]
-        scaling = module.scaling[adapter]
-        dtype = module.lora_A[adapter].weight.dtype
-        state[f"{key}.lora_A.weight"] = torch.cat([A, lam[:, None] * Vh], dim=0).to(dtype).contiguous()
-        state[f"{key}.lora_B.weight"] = torch.cat([B * scaling, U], dim=1).to(dtype).contiguous()
-        if f"{key}.lora_B.bias" in state:  # lora_bias is scaled with B in peft's forward
-            state[f"{key}.lora_B.bias"] = (state[f"{key}.lora_B.bias"].float() * scaling).to(dtype)
-        for k in [k for k in state if k.startswith(f"{key}.lora_dash_")]:
-            del state[k]
-
-    fields = {f.name for f in dataclasses.fields(LoraConfig)} - {"peft_type"}
-    values = {k: getattr(config, k) for k in fields if k in config.__dict__}
-    rank_pattern = {k: v + s for k, v in (config.rank_pattern or {}).items()}
-    values.update(
-        r=config.r + s,
-        lora_alpha=config.r + s,
-        use_rslora=False,
-        rank_pattern=rank_pattern,
-        # scaling 1 everywhere: alpha equals the (new) rank of every layer
-        alpha_pattern={
-            k: rank_pattern.get(k, config.r + s) for k in {*rank_pattern, *(config.alpha_pattern or {})}
-        },
-        init_lora_weights=True,
-        inference_mode=True,
-    )
-    lora_config = LoraConfig(**values)
-    os.makedirs(directory, exist_ok=True)
-    lora_config.save_pretrained(directory)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in state.items()},
-        os.path.join(directory, "adapter_model.safetensors"),
-        metadata={"format": "pt"},
-    )

