@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .selection import SVD, weight_svd
@@ -134,7 +134,7 @@ class SVDCache:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             tmp = None
-        except OSError as exc:
+        except (OSError, SafetensorError) as exc:
             # The cache only saves time: a full disk or a read-only folder must not stop the launch.
             logger.warning("Could not write SVD cache entry %s (%s); continuing without it.", path, exc)
         finally:
