@@ -102,7 +102,22 @@ class LoraDash(Lora):
                 "post_launch_steps": len(post),
                 "best_step_after_launch": None if best_step is None else best_step > launch,
             }
+        lam = [d["max_abs_lambda"] for d in self._layer_rows(layers).values()]
+        sig = sorted(x for d in layers.values() if d["launched"] for x in d["sigma"])
+        room = budget.get("lambda_lr_x_post_launch_steps")
+        summary = {  # what the tables show for this method (averaged over seeds), and a warning when it binds
+            "dash room (lambda lr x post-launch steps)": room,
+            "max |lambda|": max(lam, default=None),
+            "median sigma of the chosen directions": sig[len(sig) // 2] if sig else None,
+            "launch step": launch,
+        }
+        note = None
+        if room is not None and room < 1:
+            note = (f"dash room {room:.2g} < 1: with Adam each scalar moves by about its learning rate per step at "
+                    "most, so the dash term can barely act (the paper's runs allow about 6)")
         return {
+            "summary": summary,
+            "note": note,
             "prelaunch_steps": self.params["prelaunch_steps"],
             "launch_step": launch,
             "launch_step_last_layer": max(self._launched_at.values()) if self._launched_at else None,
@@ -111,15 +126,20 @@ class LoraDash(Lora):
             **budget,
             "launched_layers": sum(d["launched"] for d in layers.values()),
             "num_layers": len(layers),
-            "layers": {
-                name.removeprefix(_PREFIX): {
-                    "launched": d["launched"],
-                    "indices": d["indices"],
-                    "sigma": d["sigma"],
-                    "max_abs_lambda": max((abs(x) for x in d["lambda"]), default=0.0),
-                }
-                for name, d in layers.items()
-            },
+            "layers": self._layer_rows(layers),
+        }
+
+    @staticmethod
+    def _layer_rows(layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {
+            name.removeprefix(_PREFIX): {
+                "launched": d["launched"],
+                "indices": d["indices"],
+                "sigma": d["sigma"],
+                "lambda": d["lambda"],
+                "max_abs_lambda": max((abs(x) for x in d["lambda"]), default=0.0),
+            }
+            for name, d in layers.items()
         }
 
     @classmethod

@@ -35,7 +35,8 @@ class Profile:
     tune_seeds: seeds run over the whole learning-rate grid; the rate with the best mean validation metric
         over them is chosen per experiment (never a test metric).
     seeds: seeds reported in the tables, all at the chosen rate (tune seeds are reused, not rerun).
-    lr_grid: method name -> grid; "default" for methods not listed; the word "config" instead of a list means
+    lr_grid: experiment or method name -> grid (an experiment's entry wins over its method's, e.g. a smaller
+        grid for a larger rank); "default" for the rest; the word "config" instead of a list means
         the experiment's own `train.lr` (a fixed protocol such as the paper's).
     method_overrides: method name -> hyper-parameters replaced at this scale (e.g. LoRA-Dash's t for smoke).
     jobs: runs executed in parallel (each in its own process).
@@ -63,8 +64,9 @@ class Profile:
     def source(self) -> str:
         return f"{family_dir(self.family) / 'profiles.yaml'}[{self.name}]"
 
-    def grid_for(self, method: str, config_lr: float | None = None) -> tuple[float, ...]:
-        grid = self.lr_grid.get(method) or self.lr_grid["default"]
+    def grid_for(self, method: str, config_lr: float | None = None, experiment: str | None = None) -> tuple[float, ...]:
+        """The grid of an experiment: its own entry, else its method's, else "default"."""
+        grid = (experiment and self.lr_grid.get(experiment)) or self.lr_grid.get(method) or self.lr_grid["default"]
         if grid == "config":
             if config_lr is None:
                 raise ValueError(

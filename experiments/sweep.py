@@ -91,7 +91,7 @@ def tune_plan(profile: Profile, configs: dict[Key, ExperimentConfig], results_di
     return [
         _planned(profile, key, cfg, seed, lr, "tune", results_dir)
         for key, cfg in configs.items()
-        for lr in profile.grid_for(cfg.method.name, cfg.train.lr)
+        for lr in profile.grid_for(cfg.method.name, cfg.train.lr, cfg.name)
         for seed in profile.tune_seeds
     ]
 
@@ -109,7 +109,7 @@ def choose_lr(
     test set is never read. None while a tuning run of this (experiment, task) is not complete and current."""
     sign = 1.0 if get_family(profile.family).higher_is_better(cfg.train.selection_metric) else -1.0
     scores = {}
-    for lr in profile.grid_for(cfg.method.name, cfg.train.lr):
+    for lr in profile.grid_for(cfg.method.name, cfg.train.lr, cfg.name):
         vals = []
         for seed in profile.tune_seeds:
             planned = _planned(profile, key, cfg, seed, lr, "tune", results_dir)

@@ -1,349 +1,391 @@
-"""Tables, plot, dated run log and the verdict on the "8-16x fewer parameters" claim, from run records only.
+"""Tables, plots, the dated run log and the verdicts, from run records only (`make tables`).
 
-Statistics. Every method is scored on the same test items, so comparisons are paired: a bootstrap resamples
-test items (within each task, the same indices for both methods), averages each item's correctness over the
-seeds run at the chosen learning rate, and recomputes the unweighted task mean. The 95% interval is the 2.5 and
-97.5 percentiles of 2,000 resamples. It covers test-set sampling; seed-to-seed spread is reported beside it.
+Scores are the family's primary metric per task (100 x), averaged over tasks without weights, as the paper's
+"avg" columns. Intervals carry seed and test-item noise (experiments/stats.py). The verdicts test the claims
+declared in the family's `claims.yaml` (the only place that names the experiments a claim compares):
 
-The claim (paper Table 1): LoRA-Dash at rank r matches LoRA with 8-16x its trainable parameters. Verdict per
-pair, with a non-inferiority margin of 1 accuracy point: "supported" if the interval of (LoRA-Dash - LoRA) lies
-above -1, "refuted" if it lies below -1, "inconclusive" otherwise.
+- superiority (treatment beats reference): supported if the interval of (treatment - reference) lies above 0,
+  refuted if it lies below +margin (any gain is smaller than the smallest one that matters), else
+  inconclusive;
+- non-inferiority (treatment not worse by more than the margin): supported if the interval lies above -margin,
+  refuted if below -margin, else inconclusive;
+- power: a non-inferiority claim against a bigger reference can only be "supported" when that reference
+  itself beats the `power` experiment (e.g. LoRA r=8 beats LoRA r=2): otherwise matching it shows nothing.
+Every claim and power check of a verdict is judged at the Bonferroni-adjusted level 1 - 0.05 / m, m the
+number of tests in the verdict, so that the chance of any false "supported" or "refuted" stays at 5%.
+
+Every generated file is a function of the records alone (no clock, fixed bootstrap seed, PNGs without
+timestamps): regenerating from the same records changes no byte.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.profiles import load_profile
-from experiments.results import read_record
-from experiments.sweep import choose_lr, load_configs
+from experiments import stats
+from experiments.config import family_dir, read_yaml
+from experiments.profiles import Profile, load_profile
+from experiments.registry import Family, get_family
+from experiments.results import iter_records, read_record
+from experiments.sweep import Key, choose_lr, key_label, load_configs
 
-MARGIN = 1.0  # accuracy points
-N_BOOT = 2000
+LEVEL = 0.95
+CLAIM_KINDS = ("superiority", "non-inferiority")
 
 
-def _load(
-    family: str, profile_name: str, results_dir: Path
-) -> tuple[dict[str, list[dict]], dict[str, Any], list[dict]]:
-    """Complete records at each experiment's chosen rate; the choices; and every record (for the log)."""
-    profile = load_profile(family, profile_name)
+# -- loading ----------------------------------------------------------------------------------------------------
+def load_runs(profile: Profile, results_dir: Path) -> tuple[dict[str, list[dict]], dict[Key, Any], list[dict]]:
+    """Complete, current records at each (experiment, task)'s chosen rate, grouped by experiment; the choices;
+    and every record (for the log)."""
     configs = load_configs(profile)
-    base = results_dir / profile.name / family
+    base = results_dir / profile.name / profile.family
     every = []
-    for path in sorted(base.glob("*/seed*_lr*.json")):
+    for path in iter_records(base):
         rec = read_record(path)
         if rec is not None:
             rec["_path"] = str(path.relative_to(results_dir))
             every.append(rec)
-    chosen = {name: choose_lr(profile, cfg, results_dir) for name, cfg in configs.items()}
+    chosen = {key: choose_lr(profile, key, cfg, results_dir) for key, cfg in configs.items()}
     runs: dict[str, list[dict]] = {}
-    for name, choice in chosen.items():
+    for (name, task), choice in chosen.items():
         if choice is None:
             continue
-        recs = [
-            r for r in every
-            if r["experiment"] == name and r.get("status") == "complete" and abs(r["lr"] - choice["lr"]) < 1e-15
-            and r["seed"] in profile.seeds
-        ]  # fmt: skip
-        if recs:
-            runs[name] = sorted(recs, key=lambda r: r["seed"])
-    return runs, chosen, every
+        from experiments.sweep import planned_hash
+
+        want = planned_hash(configs[(name, task)], choice["lr"])
+        recs = [r for r in every if r["experiment"] == name and r.get("task") == task and r.get("status") == "complete"
+                and r["lr"] == choice["lr"] and r["seed"] in profile.seeds and r.get("config_hash") == want]  # fmt: skip
+        runs.setdefault(name, []).extend(sorted(recs, key=lambda r: r["seed"]))
+    return {k: v for k, v in runs.items() if v}, chosen, every
 
 
-def _correctness(recs: list[dict]) -> dict[str, np.ndarray]:
-    """task -> [n_items] correctness averaged over seeds."""
-    tasks = recs[0]["test"]["per_task"].keys()
-    return {
-        t: np.mean([np.asarray(r["test"]["per_task"][t]["correct"], float) for r in recs], axis=0)
-        for t in tasks
-    }
+def load_yaml_or_empty(path: Path) -> dict[str, Any]:
+    return (read_yaml(path) or {}) if path.is_file() else {}
 
 
-def _boot_indices(n_by_task: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {t: rng.integers(0, n, size=(N_BOOT, n)) for t, n in sorted(n_by_task.items())}
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    statement: str
+    kind: str
+    treatment: str
+    reference: str
+    power: str | None = None
 
 
-def _boot_mean(corr: dict[str, np.ndarray], idx: dict[str, np.ndarray]) -> np.ndarray:
-    return 100 * np.mean([corr[t][idx[t]].mean(axis=1) for t in idx], axis=0)  # [N_BOOT]
+def load_claims(family: str) -> tuple[float, list[Claim]]:
+    path = family_dir(family) / "claims.yaml"
+    data = load_yaml_or_empty(path)
+    if not data:
+        return 1.0, []
+    margin = data.get("margin")
+    if not isinstance(margin, (int, float)) or margin < 0:
+        raise ValueError(f"{path}: margin must be a number >= 0")
+    claims = []
+    for i, c in enumerate(data.get("claims") or []):
+        try:
+            claim = Claim(**c)
+        except TypeError as e:
+            raise ValueError(f"{path}: claims[{i}]: {e}") from None
+        if claim.kind not in CLAIM_KINDS:
+            raise ValueError(f"{path}: claims[{i}].kind must be one of {CLAIM_KINDS}, got {claim.kind!r}")
+        claims.append(claim)
+    return float(margin), claims
 
 
-def _max_lambda(diag: dict) -> float | None:
-    layers = diag.get("layers") or {}
-    return max((d["max_abs_lambda"] for d in layers.values()), default=None)
-
-
-def _median_sigma(diag: dict) -> float | None:
-    sig = [s for d in (diag.get("layers") or {}).values() if d.get("launched") for s in d["sigma"]]
-    return float(np.median(sig)) if sig else None
-
-
-def summarize(runs: dict[str, list[dict]]) -> tuple[list[dict], dict[str, np.ndarray]]:
-    corr = {name: _correctness(recs) for name, recs in runs.items()}
-    any_name = next(iter(runs))
-    n_by_task = {t: len(v) for t, v in corr[any_name].items()}
-    idx = _boot_indices(n_by_task)
-    boots = {name: _boot_mean(c, idx) for name, c in corr.items()}
+# -- summary ----------------------------------------------------------------------------------------------------
+def summarize(fam: type[Family], runs: Mapping[str, list[dict]], n_boot: int = stats.N_BOOT
+              ) -> tuple[list[dict], dict[str, stats.ExperimentScores], list[str]]:  # fmt: skip
+    """Rows (one per experiment), their scores and the tasks every experiment scored (alignment checked)."""
+    tables = {name: stats.item_table(recs) for name, recs in runs.items()}
+    tasks = stats.check_alignment(tables)
+    if not tasks:
+        raise ValueError("no task was scored by every experiment")
+    any_table = next(iter(tables.values()))
+    n_by_task = {t: len(next(iter(any_table[t].values()))["ids"]) for t in tasks}
+    idx = stats.boot_indices(n_by_task, n_boot=n_boot)
+    scores = {name: stats.score_experiment(tab, tasks, idx, fam.task_scores, 100.0) for name, tab in tables.items()}
     rows = []
     for name, recs in runs.items():
-        seeds_mean = [100 * r["test"]["mean_accuracy"] for r in recs]
-        point = 100 * np.mean([corr[name][t].mean() for t in n_by_task])
-        diag = recs[0].get("diagnostics", {})
+        iv = stats.interval(scores[name], LEVEL)
+        first = recs[0]
         rows.append({
-            "experiment": name,
-            "method": recs[0]["method"],
-            "rank": recs[0]["method_params"].get("r"),
-            "trainable": recs[0]["param_counts"]["trainable"],
-            "stored": recs[0]["param_counts"]["stored"],
-            "lr": recs[0]["lr"],
-            "seeds": len(recs),
-            "mean": point,
-            "ci_low": float(np.percentile(boots[name], 2.5)),
-            "ci_high": float(np.percentile(boots[name], 97.5)),
-            "seed_std": float(np.std(seeds_mean, ddof=1)) if len(recs) > 1 else float("nan"),
-            "per_task": {t: 100 * float(corr[name][t].mean()) for t in n_by_task},
-            "lr_x_post_launch_steps": diag.get("lr_x_post_launch_steps"),
-            "max_abs_lambda": _max_lambda(diag),
-            "median_sigma": _median_sigma(diag),
+            "experiment": name, "method": first["method"], "rank": first["method_params"].get("r"),
+            "trainable": first["param_counts"]["trainable"], "head": first["param_counts"]["head"],
+            "stored": first["param_counts"]["stored"], "seeds": scores[name].seeds,
+            "lrs": sorted({(r.get("task") or "-", r["lr"]) for r in recs}),
+            "score": iv.estimate, "ci_low": iv.low, "ci_high": iv.high, "seed_sd": iv.seed_sd,
+            "seed_variance_known": iv.seed_variance_known,
+            "per_task": {t: float(scores[name].per_seed_task[t].mean()) for t in tasks},
+            "diagnostics": _mean_summary([r.get("diagnostics", {}) for r in recs]),
+            "notes": sorted({r["diagnostics"]["note"] for r in recs if r.get("diagnostics", {}).get("note")}),
+            "description": first["config"].get("description", ""),
         })  # fmt: skip
     rows.sort(key=lambda r: (r["trainable"], r["experiment"]))
-    return rows, boots
+    return rows, scores, tasks
 
 
-def verdicts(rows: list[dict], boots: dict[str, np.ndarray]) -> list[dict]:
-    """LoRA-Dash experiments against every LoRA experiment with 1x, 8x or 16x (+-25%) its trainable count."""
-    out = []
-    for d in (r for r in rows if r["method"] == "loradash"):
-        for lo in (r for r in rows if r["method"] == "lora"):
-            ratio = lo["trainable"] / d["trainable"]
-            factor = next(
-                (f for f in (1, 8, 16) if abs(ratio / f - 1) <= 0.25 or (f == 1 and lo["rank"] == d["rank"])),
-                None,
-            )
-            if factor is None:
-                continue
-            diff = boots[d["experiment"]] - boots[lo["experiment"]]
-            low, high = float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
-            if factor == 1:  # same rank: does the dash phase cost or add anything over its own LoRA?
-                verdict = "not worse" if low > -MARGIN else "worse" if high < -MARGIN else "inconclusive"
-            else:
-                verdict = "supported" if low > -MARGIN else "refuted" if high < -MARGIN else "inconclusive"
-            out.append({
-                "loradash": d["experiment"], "lora": lo["experiment"], "param_ratio": ratio, "factor": factor,
-                "diff": d["mean"] - lo["mean"], "ci_low": low, "ci_high": high, "verdict": verdict,
-                "dash_better": low > 0,
-            })  # fmt: skip
+def _mean_summary(diags: list[dict]) -> dict[str, float | None]:
+    keys = sorted({k for d in diags for k in (d.get("summary") or {})})
+    out: dict[str, float | None] = {}
+    for k in keys:
+        vals = [d["summary"][k] for d in diags if (d.get("summary") or {}).get(k) is not None]
+        out[k] = float(np.mean(vals)) if vals else None
     return out
 
 
-def lora_gains(rows: list[dict], boots: dict[str, np.ndarray]) -> list[dict]:
-    """How much LoRA itself gains from 8-16x its parameters here: if it gains nothing, matching a larger LoRA
-    is no evidence for LoRA-Dash, and the comparison has no power to show the claim."""
-    loras = sorted((r for r in rows if r["method"] == "lora"), key=lambda r: r["trainable"])
+def judge(claims: list[Claim], margin: float, scores: Mapping[str, stats.ExperimentScores]) -> dict[str, Any]:
+    """Every claim whose experiments ran, with power checks, at the Bonferroni-adjusted level."""
+    active = [c for c in claims if c.treatment in scores and c.reference in scores]
+    powers = sorted({(c.reference, c.power) for c in active if c.power and c.power in scores})
+    m = len(active) + len(powers)
+    level = 1 - (1 - LEVEL) / max(1, m)
+    power_rows = {}
+    for ref, small in powers:
+        iv = stats.difference(scores[ref], scores[small], level)
+        power_rows[(ref, small)] = {"bigger": ref, "smaller": small, **iv.as_dict(), "has_power": bool(iv.low > 0)}
     out = []
-    for small in loras[:1]:
-        for big in loras[1:]:
-            diff = boots[big["experiment"]] - boots[small["experiment"]]
-            out.append({
-                "small": small["experiment"], "big": big["experiment"], "param_ratio": big["trainable"] / small["trainable"],
-                "diff": big["mean"] - small["mean"], "ci_low": float(np.percentile(diff, 2.5)),
-                "ci_high": float(np.percentile(diff, 97.5)),
-            })  # fmt: skip
-    return out
+    for c in active:
+        iv = stats.difference(scores[c.treatment], scores[c.reference], level)
+        if c.kind == "superiority":
+            verdict = "supported" if iv.low > 0 else "refuted" if iv.high < margin else "inconclusive"
+        else:
+            verdict = "supported" if iv.low > -margin else "refuted" if iv.high < -margin else "inconclusive"
+        reason = ""
+        if not iv.seed_variance_known:
+            verdict, reason = "inconclusive", "fewer than 2 seeds: seed-to-seed noise cannot be estimated"
+        p = power_rows.get((c.reference, c.power)) if c.power else None
+        if c.power and verdict == "supported" and (p is None or not p["has_power"]):
+            verdict, reason = "inconclusive", (
+                f"no power: {c.reference} is not itself better than {c.power} here, so matching it shows nothing"
+                if p is not None else f"no power check: {c.power} was not run")
+        out.append({"claim": c.__dict__, **iv.as_dict(), "verdict": verdict, "reason": reason})
+    skipped = [c.id for c in claims if c not in active]
+    return {"level": level, "tests": m, "margin": margin, "claims": out, "power": list(power_rows.values()),
+            "skipped": skipped}  # fmt: skip
 
 
-def overall(ver: list[dict]) -> str:
-    claim = [v for v in ver if v["factor"] in (8, 16)]
-    if not claim:
-        return "no verdict: no LoRA run at 8x or 16x a LoRA-Dash run"
-    kinds = {v["verdict"] for v in claim}
-    if kinds == {"supported"}:
-        return "supported"
-    return "refuted" if "refuted" in kinds else "inconclusive"
+def overall(judged: dict[str, Any]) -> str:
+    kinds = [c["verdict"] for c in judged["claims"]]
+    if not kinds:
+        return "no verdict: none of the claims' experiments ran"
+    counts = {k: kinds.count(k) for k in ("supported", "refuted", "inconclusive")}
+    return ", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" (of {len(kinds)} claims)"
 
 
-def _fmt(x: float | None, spec: str = ".1f") -> str:
-    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+# -- writing ----------------------------------------------------------------------------------------------------
+def _fmt(x: Any, spec: str = ".1f") -> str:
+    return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
 
 
-def _plot(rows: list[dict], path: Path, title: str) -> None:
+def _paper(family: str) -> dict[str, Any]:
+    return load_yaml_or_empty(family_dir(family) / "paper.yaml")
+
+
+def write_tables(family: str, profile_name: str, results_dir: str | Path, n_boot: int = stats.N_BOOT) -> list[Path]:
+    results_dir = Path(results_dir)
+    profile = load_profile(family, profile_name)
+    fam = get_family(family)
+    out_dir = results_dir / profile.name / family
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs, chosen, every = load_runs(profile, results_dir)
+    written = [_write_log(every, out_dir / "LOG.md", profile.name, family)]
+    if not runs:
+        note = out_dir / "table.md"
+        _write(note, f"# {family} / {profile.name}\n\nNo complete runs at a chosen learning rate yet: run "
+                     f"`make reproduce FAMILY={family} PROFILE={profile.name}`.\n")  # fmt: skip
+        return [*written, note]
+    rows, scores, tasks = summarize(fam, runs, n_boot)
+    margin, claims = load_claims(family)
+    judged = judge(claims, margin, scores)
+    paper = _paper(family)
+    finished = max((r.get("finished_at") or "" for recs in runs.values() for r in recs), default="")
+    header = (f"Generated by `make tables` from {sum(len(v) for v in runs.values())} run records (the last finished "
+              f"{finished or '?'}); never edit by hand.")  # fmt: skip
+
+    table_csv = io.StringIO()
+    w = csv.writer(table_csv, lineterminator="\n")
+    w.writerow(["experiment", "method", "rank", "trainable", "head", "stored", "seeds", "score", "ci_low", "ci_high",
+                "seed_sd", *tasks])  # fmt: skip
+    for r in rows:
+        w.writerow([r["experiment"], r["method"], r["rank"], r["trainable"], r["head"], r["stored"], len(r["seeds"]),
+                    f"{r['score']:.2f}", f"{r['ci_low']:.2f}", f"{r['ci_high']:.2f}", _fmt(r["seed_sd"], ".2f"),
+                    *(f"{r['per_task'][t]:.2f}" for t in tasks)])  # fmt: skip
+    _write(out_dir / "table.csv", table_csv.getvalue())
+    _write(out_dir / "table.md", _table_md(fam, profile, rows, tasks, chosen, paper, header, runs))
+    _write(out_dir / "verdict.md", _verdict_md(fam, profile, rows, judged, header))
+    _plot(fam, rows, scores, tasks, out_dir / "score_vs_params.png", f"{family} / {profile.name}")
+    summary = {"rows": rows, "verdict": {**judged, "overall": overall(judged)}, "tasks": tasks,
+               "chosen_lr": {key_label(k): v for k, v in chosen.items()}}  # fmt: skip
+    _write(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True, default=_json_default) + "\n")
+    return [*written, *(out_dir / n for n in ("table.md", "table.csv", "verdict.md", "score_vs_params.png",
+                                              "summary.json"))]  # fmt: skip
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(type(x))
+
+
+def _write(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:  # untouched files keep their bytes and mtime
+        path.write_text(text)
+
+
+def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs) -> str:
+    first = next(iter(runs.values()))[0]
+    pm = paper.get("experiments", {})
+    paper_model = paper.get("model", fam.paper_model)
+    metric_desc = fam.metrics[fam.primary_metric].description or fam.primary_metric
+    lines = [
+        f"# {fam.name} / profile `{profile.name}`", "", header, "", profile.description.strip(), "",
+        f"Model: {first['config']['model']['name']}; protocol: {first['test']['protocol']}. Score: 100 x "
+        f"{fam.primary_metric} ({metric_desc}) per task, mean over tasks. Test items per task: "
+        + ", ".join(f"{t} {len(next(iter(stats.item_table(runs[rows[0]['experiment']])[t].values()))['ids'])}"
+                    for t in tasks) + ".",
+        "",
+        f"[95% CI]: seed-aware interval (seed-to-seed variance + test-item bootstrap, t with Satterthwaite df; "
+        f"experiments/stats.py). seed sd: standard deviation of the per-seed scores. Trainable parameters exclude "
+        f"the head (classifier, trained by every method), shown apart.",
+        "",
+        "| experiment | trainable | head | seeds | score [95% CI] | seed sd | " + " | ".join(tasks)
+        + (f" | paper avg ({paper_model}) |" if pm else " |"),
+        "|---|---:|---:|---:|---|---:|" + "---:|" * len(tasks) + ("---:|" if pm else ""),
+    ]  # fmt: skip
+    for r in rows:
+        p = pm.get(r["experiment"], {})
+        lines.append(
+            f"| {r['experiment']} | {r['trainable']:,} | {r['head']:,} | {len(r['seeds'])} | {r['score']:.1f} "
+            f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}] | {_fmt(r['seed_sd'])} | "
+            + " | ".join(f"{r['per_task'][t]:.1f}" + (f" ({p[t]:.1f})" if t in p else "") for t in tasks)
+            + (f" | {_fmt(p.get('avg'))} |" if pm else " |")
+        )
+    if pm:
+        lines += ["", f"(x) in a task column: the paper's number for that task, on {paper_model} "
+                      f"({paper.get('source', 'the paper')}); a different model and scale, for reference only."]  # fmt: skip
+    diag_rows = [r for r in rows if r["diagnostics"]]
+    if diag_rows:
+        keys = sorted({k for r in diag_rows for k in r["diagnostics"]})
+        lines += ["", "## Method diagnostics (mean over the runs)", "", "| experiment | " + " | ".join(keys) + " |",
+                  "|---|" + "---:|" * len(keys)]  # fmt: skip
+        for r in diag_rows:
+            lines.append(f"| {r['experiment']} | " + " | ".join(_fmt(r["diagnostics"].get(k), ".3g") for k in keys) + " |")
+    lines += ["", "## Learning rates chosen on the validation split", ""]
+    for key, c in sorted(chosen.items(), key=lambda kv: key_label(kv[0])):
+        lines.append(f"- {key_label(key)}: " + ("tuning incomplete" if c is None else f"{c['lr']:g} ({c['metric']}: "
+                     + ", ".join(f"{k} -> {v:.4f}" for k, v in c["scores"].items()) + ")"))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_md(fam, profile, rows, judged, header) -> str:
+    pct = 100 * judged["level"]
+    lines = [
+        f"# Verdicts: {fam.name} / `{profile.name}`", "", header, "",
+        f"**Overall at this scale: {overall(judged)}.**", "",
+        "Rule (experiments/tables.py): the interval of (treatment - reference) in points, seed-aware and paired by "
+        f"seed; margin {judged['margin']:g} point(s). Superiority: supported if the interval lies above 0, refuted if "
+        f"it lies below +{judged['margin']:g}. Non-inferiority: supported if above -{judged['margin']:g}, refuted if "
+        f"below it. A non-inferiority claim against a bigger reference is supported only if that reference itself "
+        f"beats the smaller LoRA (power check). All {judged['tests']} tests at the Bonferroni-adjusted level "
+        f"{pct:.2f}% (family-wise 95%).", "",
+        "| claim | treatment - reference (points) | interval | seeds | verdict |", "|---|---|---|---:|---|",
+    ]  # fmt: skip
+    for c in judged["claims"]:
+        cl = c["claim"]
+        lines.append(f"| {cl['statement']} | {cl['treatment']} - {cl['reference']}: {c['estimate']:+.2f} | "
+                     f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['n_seeds']}{'' if c['paired'] else ' (unpaired)'} | "
+                     f"**{c['verdict']}**{': ' + c['reason'] if c['reason'] else ''} |")  # fmt: skip
+    if not judged["claims"]:
+        lines.append("| - | no claim has both experiments in this profile | - | - | - |")
+    if judged["skipped"]:
+        lines += ["", "Not judged (an experiment is not in this profile): " + ", ".join(judged["skipped"]) + "."]
+    lines += ["", "## Power: does the bigger reference beat the smaller LoRA here?", "",
+              "| bigger | smaller | difference (points) | interval | power |", "|---|---|---|---|---|"]  # fmt: skip
+    for p in judged["power"]:
+        lines.append(f"| {p['bigger']} | {p['smaller']} | {p['estimate']:+.2f} | [{p['low']:+.2f}, {p['high']:+.2f}] | "
+                     f"{'yes' if p['has_power'] else 'no'} |")  # fmt: skip
+    if any(not p["has_power"] for p in judged["power"]):
+        lines += ["", "Where a bigger reference is not significantly better than the smaller LoRA, \"matching it\" "
+                      "cannot be told apart from \"matching plain LoRA at the same rank\": those claims stay "
+                      "inconclusive whatever the treatment scores."]  # fmt: skip
+    notes = [(r["experiment"], n) for r in rows for n in r["notes"]]
+    if notes:
+        lines += ["", "## Notes from the methods", ""] + [f"- {e}: {n}" for e, n in notes]
+    unknown = [r["experiment"] for r in rows if not r["seed_variance_known"]]
+    if unknown:
+        lines += ["", f"One seed only ({', '.join(unknown)}): their intervals cover test items, not seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both fewer parameters and a higher score."""
+    keep = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 <= x and y2 > y) or (x2 < x and y2 >= y) for j, (x2, y2) in enumerate(points) if j != i):
+            keep.append(i)
+    return sorted(keep, key=lambda i: points[i][0])
+
+
+def _plot(fam, rows, scores, tasks, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in sorted({r["method"] for r in rows}):
-        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["trainable"])
-        x = [r["trainable"] for r in pts]
-        y = [r["mean"] for r in pts]
-        err = [[r["mean"] - r["ci_low"] for r in pts], [r["ci_high"] - r["mean"] for r in pts]]
-        ax.errorbar(
-            x, y, yerr=err, marker="o", capsize=3, label=method, linestyle="-" if len(pts) > 1 else "none"
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (excluding the classifier head)")
-    ax.set_ylabel("mean test accuracy over tasks (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_tables(family: str, profile_name: str, results_dir: str | Path) -> list[Path]:
-    results_dir = Path(results_dir)
-    profile = load_profile(family, profile_name)
-    out_dir = results_dir / profile.name / family
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs, chosen, every = _load(family, profile_name, results_dir)
-    written = [_write_log(every, out_dir / "LOG.md", profile.name, family)]
-    if not runs:
-        note = out_dir / "table.md"
-        note.write_text(f"# {family} / {profile.name}\n\nNo complete runs at a chosen learning rate yet: "
-                        f"run `make reproduce PROFILE={profile.name}`.\n")  # fmt: skip
-        return [*written, note]
-    rows, boots = summarize(runs)
-    tasks = list(rows[0]["per_task"])
-    missing = sorted(set(runs[next(iter(runs))][0]["test"]["missing_tasks"]))
-    ver = verdicts(rows, boots)
-
-    with open(out_dir / "table.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "experiment",
-                "method",
-                "rank",
-                "trainable",
-                "stored",
-                "lr",
-                "seeds",
-                "mean",
-                "ci_low",
-                "ci_high",
-                "seed_std",
-                *tasks,
-            ]
-        )
+    panels = ["average", *tasks] if len(tasks) > 1 else tasks
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    methods = sorted({r["method"] for r in rows})
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    for ax, panel in zip(axes[0], panels, strict=True):
+        task = None if panel == "average" else panel
+        pts = []
         for r in rows:
-            w.writerow([r["experiment"], r["method"], r["rank"], r["trainable"], r["stored"], r["lr"], r["seeds"],
-                        f"{r['mean']:.2f}", f"{r['ci_low']:.2f}", f"{r['ci_high']:.2f}", f"{r['seed_std']:.2f}",
-                        *(f"{r['per_task'][t]:.2f}" for t in tasks)])  # fmt: skip
-    lines = [
-        f"# {family} / profile `{profile.name}`",
-        "",
-        f"Generated by `make tables` from {sum(len(v) for v in runs.values())} run records on "
-        f"{datetime.now(UTC).date().isoformat()}; never edit by hand. {profile.description}",
-        "",
-        f"Model: {runs[next(iter(runs))][0]['config']['model']['name']}, protocol: "
-        f"{runs[next(iter(runs))][0]['test']['protocol']}. Test items per task: "
-        + ", ".join(f"{t} {len(runs[next(iter(runs))][0]['test']['per_task'][t]['correct'])}" for t in tasks)
-        + (f". Not scored (no test file here): {', '.join(missing)}." if missing else "."),
-        "",
-        "Accuracy in %: mean over tasks of each item's correctness averaged over seeds; [95% CI] from a paired "
-        "bootstrap over test items; seed sd = standard deviation of the per-seed means.",
-        "",
-        "| experiment | trainable | stored | lr | seeds | mean [95% CI] | seed sd | "
-        + " | ".join(tasks)
-        + " |",
-        "|---|---:|---:|---:|---:|---|---:|" + "---:|" * len(tasks),
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['experiment']} | {r['trainable']:,} | {r['stored']:,} | {r['lr']:g} | {r['seeds']} | "
-            f"{r['mean']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}] | {_fmt(r['seed_std'])} | "
-            + " | ".join(f"{r['per_task'][t]:.1f}" for t in tasks)
-            + " |"
-        )
-    lines += ["", "Learning rates chosen on the validation split:", ""]
-    for name, c in chosen.items():
-        lines.append(f"- {name}: " + ("tuning incomplete" if c is None else f"{c['lr']:g} ({c['metric']}: "
-                     + ", ".join(f"{k} -> {v:.4f}" for k, v in c["scores"].items()) + ")"))  # fmt: skip
-    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "verdict.md").write_text(
-        _verdict_text(rows, ver, lora_gains(rows, boots), profile.name, family)
-    )
-    _plot(
-        rows,
-        out_dir / "accuracy_vs_params.png",
-        f"{family} / {profile.name}: accuracy vs trainable parameters",
-    )
-    (out_dir / "summary.json").write_text(
-        json.dumps({"rows": rows, "verdicts": ver, "chosen_lr": chosen}, indent=1, default=float)
-    )
-    return [*written, out_dir / "table.md", out_dir / "table.csv", out_dir / "verdict.md",
-            out_dir / "accuracy_vs_params.png", out_dir / "summary.json"]  # fmt: skip
-
-
-def _verdict_text(rows: list[dict], ver: list[dict], gains: list[dict], profile: str, family: str) -> str:
-    dash = [r for r in rows if r["method"] == "loradash"]
-    lines = [
-        f"# Verdict on the 8-16x claim: {family} / `{profile}`",
-        "",
-        f"**Overall at this scale: {overall(ver)}.**",
-        "",
-        "Claim (Si et al., ICLR 2025, Table 1): LoRA-Dash at rank r matches LoRA with 8-16x its parameters.",
-        f"Rule: paired bootstrap 95% CI of (LoRA-Dash - LoRA) mean accuracy; supported if it lies above -{MARGIN:g}"
-        f" point, refuted if below -{MARGIN:g}, inconclusive otherwise. Generated from run records; not edited.",
-        "",
-        "| LoRA-Dash | LoRA | param ratio | difference (points) [95% CI] | verdict |",
-        "|---|---|---:|---|---|",
-    ]
-    for v in ver:
-        lines.append(f"| {v['loradash']} | {v['lora']} | {v['param_ratio']:.1f}x | {v['diff']:+.1f} "
-                     f"[{v['ci_low']:+.1f}, {v['ci_high']:+.1f}] | {v['verdict']}"
-                     + (" (LoRA-Dash better)" if v["dash_better"] else "") + " |")  # fmt: skip
-    if not ver:
-        lines.append("| - | - | - | no LoRA-Dash / LoRA pair with complete runs | - |")
-    lines += ["", "1x rows (same rank) ask whether LoRA-Dash is not worse than its own LoRA: `not worse` / `worse` / "
-              "`inconclusive` by the same rule.", "",
-              "## Can this scale tell ranks apart at all?", "",
-              "If LoRA itself gains nothing from 8-16x its parameters here, a LoRA-Dash run matching the larger LoRA is "
-              "no evidence for the claim (the comparison has no power). LoRA against LoRA, same bootstrap:", "",
-              "| smaller LoRA | larger LoRA | param ratio | gain (points) [95% CI] |", "|---|---|---:|---|"]  # fmt: skip
-    for g in gains:
-        lines.append(f"| {g['small']} | {g['big']} | {g['param_ratio']:.1f}x | {g['diff']:+.1f} "
-                     f"[{g['ci_low']:+.1f}, {g['ci_high']:+.1f}] |")  # fmt: skip
-    if gains and all(g["ci_low"] <= 0 for g in gains):
-        lines += ["", "No larger LoRA is significantly better than the smallest one here, so \"matching 8-16x the "
-                  "parameters\" cannot be distinguished from \"matching plain LoRA at the same rank\" at this scale."]  # fmt: skip
-    lines += ["", "## Could the dash phase act at this scale?", ""]
-    for d in dash:
-        budget = d["lr_x_post_launch_steps"]
-        lines.append(f"- {d['experiment']}: lr x post-launch steps = {_fmt(budget, '.3g')}, max |lambda| reached = "
-                     f"{_fmt(d['max_abs_lambda'], '.3g')} (in the kept checkpoint); median sigma of the chosen directions = "
-                     f"{_fmt(d['median_sigma'], '.3g')}.")  # fmt: skip
-    low_budget = [
-        d for d in dash if d["lr_x_post_launch_steps"] is not None and d["lr_x_post_launch_steps"] < 1
-    ]
-    if low_budget:
-        lines += ["", "**This scale cannot exercise the dash phase**: with Adam each scalar moves by at most about the "
-                  "learning rate per step, so |lambda| stays below the budget above (< 1), while the paper's runs "
-                  "allow about 6.4. A LoRA-Dash vs LoRA-at-the-same-rank difference here is therefore expected to be "
-                  "near zero and says little about the method; the 1x rows measure exactly that. The 8x/16x rows "
-                  "compare LoRA-Dash's pre-launch LoRA at rank r with larger LoRAs. The `cpu-full` profile carries "
-                  "a budget of about 2.9."]  # fmt: skip
-    return "\n".join(lines) + "\n"
+            iv = stats.interval(scores[r["experiment"]], LEVEL, task)
+            x = max(r["trainable"], 1)
+            pts.append((x, iv.estimate))
+            ax.errorbar([x], [iv.estimate], yerr=[[iv.estimate - iv.low], [iv.high - iv.estimate]], marker="o",
+                        capsize=3, color=colors[r["method"]], label=r["method"])  # fmt: skip
+            ax.annotate(r["experiment"], (x, iv.estimate), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        front = pareto(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=0.8, label="Pareto frontier")
+        chance = [fam.chance[t] for t in ([task] if task else tasks) if t in fam.chance]
+        if task is None and len(chance) == len(tasks) or task is not None and chance:
+            ax.axhline(100 * float(np.mean(chance)), color="grey", lw=0.8, ls=":", label="chance")
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (head excluded)")
+        ax.set_ylabel(f"100 x {fam.primary_metric}")
+        ax.set_title(f"{title}: {panel}", fontsize=8)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=True))
+    axes[0][-1].legend(uniq.values(), uniq.keys(), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version or time stamp: same bytes on rerun
+    plt.close(fig)
 
 
 def _write_log(every: list[dict], path: Path, profile: str, family: str) -> Path:
     lines = [f"# Run log: {family} / `{profile}` (generated from run records, failures included)", "",
-             "| finished (UTC) | experiment | seed | lr | status | mean acc | wall time | commit |",
-             "|---|---|---:|---:|---|---:|---:|---|"]  # fmt: skip
-    for r in sorted(every, key=lambda r: r.get("finished_at") or r.get("started_at", "")):
-        acc = f"{100 * r['test']['mean_accuracy']:.1f}" if r.get("status") == "complete" else "-"
+             "| finished (UTC) | experiment | task | seed | lr | status | score | wall time | commit |",
+             "|---|---|---|---:|---:|---|---:|---:|---|"]  # fmt: skip
+    for r in sorted(every, key=lambda r: (r.get("finished_at") or r.get("started_at", ""), r["_path"])):
+        score = f"{100 * r['test']['score']:.1f}" if r.get("status") == "complete" and "score" in r.get("test", {}) else "-"
         git = r.get("provenance", {}).get("git", {})
         commit = (git.get("commit") or "?")[:8] + ("+dirty" if git.get("dirty") else "")
         err = f" ({r['error'][:60]})" if r.get("error") else ""
-        lines.append(f"| {r.get('finished_at') or r.get('started_at')} | {r['experiment']} | {r['seed']} | {r['lr']:g} | "
-                     f"{r.get('status')}{err} | {acc} | {r.get('wall_time_s', 0):.0f} s | {commit} |")  # fmt: skip
-    path.write_text("\n".join(lines) + "\n")
+        lines.append(f"| {r.get('finished_at') or r.get('started_at')} | {r['experiment']} | {r.get('task') or '-'} | "
+                     f"{r['seed']} | {r['lr']:g} | {r.get('status')}{err} | {score} | {r.get('wall_time_s', 0):.0f} s | "
+                     f"{commit} |")  # fmt: skip
+    _write(path, "\n".join(lines) + "\n")
     return path
