@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 # torch into .venv first (any 2.13/2.14 release satisfies pyproject's range) or pass TORCH="torch==2.13.0 ...".
 TORCH ?= torch==2.13.0
 PROFILE ?= cpu
-FAMILY ?= commonsense
+# every family with the profile, unless FAMILY names one (make reproduce FAMILY=glue)
+FAMILIES ?= glue commonsense
+FAMILY ?=
+RUN_FAMILIES := $(if $(FAMILY),$(FAMILY),$(FAMILIES))
 RESULTS_DIR ?= results
 EXP := $(BIN)/python -m experiments
 
@@ -14,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-slow lint format bench reproduce tables plan clean
+.PHONY: setup test test-slow lint format bench reproduce tables plan analyze verify clean
 
 setup: $(VENV)/.installed
 
@@ -45,14 +48,15 @@ bench: setup
 	$(BIN)/python bench/bench_generation.py
 
 plan: setup
-	$(EXP) list --family $(FAMILY) --profile $(PROFILE) --results-dir $(RESULTS_DIR)
+	for f in $(RUN_FAMILIES); do $(EXP) list --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) || exit 1; done
 
+# Runs what is missing or stale (resumable), then regenerates every table; a failed run does not stop the others.
 reproduce: setup
-	$(EXP) sweep --family $(FAMILY) --profile $(PROFILE) --results-dir $(RESULTS_DIR)
-	$(MAKE) tables
+	status=0; for f in $(RUN_FAMILIES); do $(EXP) sweep --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) --no-progress || status=1; done; \
+	$(MAKE) tables && exit $$status
 
 tables: setup
-	$(EXP) tables --family $(FAMILY) --profile $(PROFILE) --results-dir $(RESULTS_DIR)
+	for f in $(RUN_FAMILIES); do $(EXP) tables --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -180,7 +180,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             e = estimates.get((r["experiment"], r["task"]))
             if e:
                 line += (f"  trainable={e['trainable']:,} steps={e['steps']:,} ~{e['memory_gb']:.0f} GB"
-                         f"{'' if e['fits_80gb'] else ' (shard: FSDP/ZeRO)'} ~{e['gpu_hours']:.1f} GPU-h")  # fmt: skip
+                         f"{'' if e['fits_80gb'] else ' (shard: FSDP/ZeRO)'} ~{e['gpu_hours']:.2f} GPU-h")  # fmt: skip
                 for k in ("layout", "eval_every", "launch_update"):
                     if k in e:
                         line += f" {k}={e[k]}"

@@ -147,6 +147,12 @@ class GlueRun(Family):
         if cfg.data.source == "local":
             load_splits(cfg.data)
 
+    @classmethod
+    def estimate(cls, cfg: ExperimentConfig) -> dict[str, Any] | None:
+        from experiments.glue.estimate import estimate_run
+
+        return estimate_run(cfg)
+
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
         d = cfg.data
@@ -172,6 +178,8 @@ class GlueRun(Family):
             num_labels=n,
             problem_type="regression" if n == 1 else "single_label_classification",
             dtype=getattr(torch, self.cfg.model.dtype),
+            ignore_mismatched_sizes=True,  # a checkpoint with another task's head gets a fresh head
+            use_safetensors=True,  # never unpickle a downloaded .bin
         )
 
     def train_loader(self, seed: int, micro_batch_size: int) -> DataLoader:
