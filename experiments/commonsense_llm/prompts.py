@@ -1,9 +1,15 @@
 """The Alpaca prompt of the commonsense protocol, its training tokenization and the validation split.
 
-The reference (LLM-Adapters ``finetune.py`` / ``commonsense_evaluate.py``, copied unchanged into
-Subspace-Tuning ``CR_MR/``, which produced the paper's Table 1) builds the prompt with two different
-``generate_prompt`` functions.  Both are f-strings written inside indented code, so every line after
-the header carries the 16 spaces of source indentation.  Without an ``input`` (the case of every
+The reference is Subspace-Tuning ``CR_MR/finetune.py`` / ``commonsense_evaluate.py``, which produced the
+paper's Table 1.  They are NVlabs/DoRA's ``commonsense_reasoning/`` versions, byte for byte apart from the
+licence header, not LLM-Adapters' originals: DoRA's add a DoRA config, a ``weight_decay`` argument, a
+tokenizer branch for LLaMA-3 (``AutoTokenizer`` when the model name holds "Llama-3", the slow
+``LlamaTokenizer`` otherwise), the merge of the LoRA/DoRA weights into the fp16 base before evaluation, and
+``split("### Response:")[-1]`` (LLM-Adapters: ``[1]``) to cut the decoded answer.  The prompt builders are
+LLM-Adapters' unchanged.
+
+The reference builds the prompt with two different ``generate_prompt`` functions.  Both are f-strings
+written inside indented code, so every line after the header carries the 16 spaces of source indentation.  Without an ``input`` (the case of every
 commonsense item) they differ in exactly two places:
 
 =========================================  ============================  =============================
