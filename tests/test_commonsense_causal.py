@@ -441,49 +441,81 @@ class ScriptedModel(torch.nn.Module):
         return torch.tensor([r + [generation_config.pad_token_id] * (width - len(r)) for r in rows])
 
 
-def test_scoring_default_and_reference_extraction(tiny_lm) -> None:
+def test_scoring_both_extraction_rules_from_one_generation(tiny_lm) -> None:
+    """Golden outputs that separate the two rules, scored from the same generations."""
     _, tokenizer, examples = tiny_lm
     boolq = [e for e in examples if e.task == "boolq"]
     piqa = [e for e in examples if e.task == "piqa"]
     replies = {
-        boolq[0].question: " the correct answer is True",  # robust: true; reference: none (case)
+        boolq[0].question: " the correct answer is True",  # whole-word: true; reference: none (case)
         boolq[1].question: "untrue, so the correct answer is false",  # reference reads "true" out of "untrue"
         boolq[2].question: f"the correct answer is {boolq[2].answer}",
         piqa[0].question: "solution12",  # reference: solution1 (a label inside a longer token)
-        piqa[1].question: "### Response: solution2",  # reference keeps only what follows the marker
+        piqa[1].question: "solution1 ### Response: solution2",  # reference keeps what follows the last marker
         piqa[2].question: "I do not know",
     }
     chosen = boolq + piqa
     model = ScriptedModel(tokenizer, replies)
-    robust = evaluate_generation(model, tokenizer, chosen, batch_size=4)
-    reference = evaluate_generation(model, tokenizer, chosen, batch_size=4, reference_extraction=True)
-    assert model.batch_sizes == [4, 2, 4, 2]
-    assert robust.predictions == ["true", "false", boolq[2].answer, None, "solution2", None]
-    assert reference.predictions == [None, "true", boolq[2].answer, "solution1", "solution2", None]
-    assert robust.outputs[0] == "the correct answer is True"  # stripped, special tokens dropped
-    assert reference.outputs[4] == "solution2"
+    result = evaluate_generation(model, tokenizer, chosen, batch_size=4)
+    assert model.batch_sizes == [4, 2]  # one generation serves both rules
+    whole = ["true", "false", boolq[2].answer, None, "solution1", None]
+    reference = [None, "true", boolq[2].answer, "solution1", "solution2", None]
+    assert result.predictions == result.predictions_for("whole_word") == whole
+    assert result.predictions_for("reference") == reference
+    assert result.outputs[0] == "the correct answer is True"  # stripped, special tokens dropped
+    assert result.outputs[4] == "solution1 ### Response: solution2"  # the raw output is kept whole
     gold = [e.answer for e in chosen]
-    assert robust.accuracy == sum(p == g for p, g in zip(robust.predictions, gold, strict=True)) / 6
-    assert robust.no_answer_rate == reference.no_answer_rate == 2 / 6
+    for rule, predicted in (("whole_word", whole), ("reference", reference)):
+        correct = [int(p == g) for p, g in zip(predicted, gold, strict=True)]
+        assert result.correct_for(rule) == correct
+        assert result.accuracy_for(rule) == sum(correct) / 6
+        assert result.no_answer_rate_for(rule) == sum(p is None for p in predicted) / 6
+    assert result.accuracy == result.accuracy_for("whole_word") and result.extraction == "whole_word"
+    assert result.settings["extraction"] == "whole_word"
+    assert result.settings["extraction_rules"] == ["whole_word", "reference"]
+
+    # extraction="reference" only changes which rule the unsuffixed numbers report.
+    model.batch_sizes.clear()
+    as_reference = evaluate_generation(model, tokenizer, chosen, batch_size=4, extraction="reference")
+    assert as_reference.predictions == reference and as_reference.correct == result.correct_for("reference")
+    assert as_reference.accuracy == result.accuracy_for("reference")
+    assert as_reference.no_answer_rate == result.no_answer_rate_for("reference")
+    with pytest.raises(ValueError, match="known rules: whole_word, reference"):
+        evaluate_generation(model, tokenizer, chosen, extraction="regex")  # type: ignore[arg-type]
 
 
 def test_generation_result_metrics() -> None:
     items = (
-        ItemResult("boolq", "true", "true", "the correct answer is true"),
-        ItemResult("boolq", "false", "true", "the correct answer is true"),
-        ItemResult("piqa", "solution1", None, "no idea"),
-        ItemResult("piqa", "solution2", "solution2", "solution2"),
+        ItemResult("boolq", "true", "the correct answer is true", "true", "true"),
+        ItemResult("boolq", "false", "the correct answer is True", "true", None),
+        ItemResult("piqa", "solution1", "no idea", None, None),
+        ItemResult("piqa", "solution2", "solution22", None, "solution2"),
     )
     result = GenerationResult(items=items, settings={"num_beams": 4})
-    assert result.n == 4 and result.accuracy == 0.5 and result.no_answer_rate == 0.25
+    assert result.n == 4 and result.accuracy == 0.25 and result.no_answer_rate == 0.5
+    assert result.accuracy_for("reference") == 0.5 and result.no_answer_rate_for("reference") == 0.5
+    assert result.correct == [1, 0, 0, 0] and result.correct_for("reference") == [1, 0, 0, 1]
     assert result.per_task() == {
-        "boolq": {"n": 2, "accuracy": 0.5, "no_answer_rate": 0.0},
-        "piqa": {"n": 2, "accuracy": 0.5, "no_answer_rate": 0.5},
-    }
+        "boolq": {
+            "n": 2, "accuracy": 0.5, "no_answer_rate": 0.0,
+            "accuracy_whole_word": 0.5, "no_answer_rate_whole_word": 0.0,
+            "accuracy_reference": 0.5, "no_answer_rate_reference": 0.5,
+        },
+        "piqa": {
+            "n": 2, "accuracy": 0.0, "no_answer_rate": 1.0,
+            "accuracy_whole_word": 0.0, "no_answer_rate_whole_word": 1.0,
+            "accuracy_reference": 0.5, "no_answer_rate_reference": 0.5,
+        },
+    }  # fmt: skip
     summary = result.summary()
     assert summary["protocol"] == "generation" and summary["settings"] == {"num_beams": 4}
+    assert summary["extraction"] == "whole_word" and summary["accuracy_reference"] == 0.5
+    as_reference = GenerationResult(items=items, extraction="reference")
+    assert as_reference.accuracy == 0.5 and as_reference.per_task()["piqa"]["accuracy"] == 0.5
     empty = GenerationResult(items=())
     assert empty.n == 0 and empty.accuracy != empty.accuracy  # nan
+    with pytest.raises(ValueError, match="unknown extraction rule"):
+        GenerationResult(items=items, extraction="exact")  # type: ignore[arg-type]
 
 
 def test_generation_argument_errors(tiny_lm) -> None:

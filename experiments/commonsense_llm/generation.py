@@ -12,8 +12,18 @@ equals ``answer``.  Two things differ on purpose, neither changing what a batch-
   run batched.  "Equal" is exact in fp32 on CPU; in fp16/bf16 on a GPU the kernels picked for a batch
   shape may round differently, which can flip a near-tie between beams: padding no longer can.
 - Decoding.  The reference decodes prompt + continuation and keeps what follows ``"### Response:"``;
-  we decode only the new tokens.  ``reference_extraction=True`` also applies the reference's split
-  (Subspace-Tuning's ``split("### Response:")[-1]``) and its case-sensitive, unanchored regex.
+  we decode only the new tokens.
+
+Every output is scored under both extraction rules (``EXTRACTION_RULES``), from the same generation:
+
+- ``"reference"``: the reference's split (Subspace-Tuning's ``split("### Response:")[-1]``, the text
+  after the last marker) and its case-sensitive, unanchored regex, first match.  The paper's numbers
+  are under this rule: "True" is no answer, "untrue" counts as "true", "solution12" as "solution1".
+- ``"whole_word"``: the first label that stands as a whole word, case-insensitive (the project's rule,
+  for comparing methods fairly; ``data.extract_answer``).
+
+``extraction`` names the rule that ``accuracy``, ``no_answer_rate`` and ``predictions`` report; the
+other is always available through ``accuracy_for(rule)`` and friends.
 
 The no-answer rate (share of outputs naming no label) is reported beside accuracy because the
 below-chance scores in the literature are format failures, not wrong answers (METHOD.md, section 3).
@@ -24,7 +34,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from transformers import GenerationConfig
@@ -33,8 +43,10 @@ from experiments.commonsense.data import Example, extract_answer
 from experiments.commonsense_llm.prompts import PromptTemplate, build_prompt
 
 __all__ = [
+    "EXTRACTION_RULES",
     "PROTOCOL",
     "REFERENCE_SAMPLING",
+    "ExtractionRule",
     "GenerationResult",
     "ItemResult",
     "evaluate_generation",
@@ -52,75 +64,125 @@ REFERENCE_SAMPLING: dict[str, float | int] = {"temperature": 0.1, "top_p": 0.75,
 # The reference cuts the decoded prompt + continuation at this marker (commonsense_evaluate.py).
 _RESPONSE_MARKER = "### Response:"
 
+# How a label is read out of a generated answer (see the module docstring and data.extract_answer).
+ExtractionRule = Literal["whole_word", "reference"]
+EXTRACTION_RULES: tuple[ExtractionRule, ...] = get_args(ExtractionRule)
+
+
+def check_rule(rule: str) -> None:
+    if rule not in EXTRACTION_RULES:
+        raise ValueError(f"unknown extraction rule {rule!r}; known rules: {', '.join(EXTRACTION_RULES)}")
+
 
 @dataclass(frozen=True)
 class ItemResult:
-    """One evaluated item: the gold label, the extracted prediction (None = no answer), the raw output."""
+    """One evaluated item: the gold label, the raw output (new tokens, stripped) and the label each
+    extraction rule reads out of it (None = no answer)."""
 
     task: str
     answer: str
-    prediction: str | None
     output: str
+    whole_word: str | None
+    reference: str | None
 
-    @property
-    def correct(self) -> bool:
-        return self.prediction == self.answer
+    def prediction(self, rule: ExtractionRule = "whole_word") -> str | None:
+        check_rule(rule)
+        return self.reference if rule == "reference" else self.whole_word
+
+    def correct(self, rule: ExtractionRule = "whole_word") -> bool:
+        """Exact match of the extracted label; a no-answer counts as wrong (as in the reference)."""
+        return self.prediction(rule) == self.answer
 
 
-def _accuracy(items: Sequence[ItemResult]) -> float:
-    return sum(item.correct for item in items) / len(items) if items else float("nan")
+def _accuracy(items: Sequence[ItemResult], rule: ExtractionRule) -> float:
+    return sum(item.correct(rule) for item in items) / len(items) if items else float("nan")
 
 
-def _no_answer_rate(items: Sequence[ItemResult]) -> float:
-    return sum(item.prediction is None for item in items) / len(items) if items else float("nan")
+def _no_answer_rate(items: Sequence[ItemResult], rule: ExtractionRule) -> float:
+    return sum(item.prediction(rule) is None for item in items) / len(items) if items else float("nan")
 
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """Per-item results in the order of the examples, plus the decoding settings that produced them."""
+    """Per-item results in the order of the examples, plus the decoding settings that produced them.
+
+    ``extraction`` is the rule that ``accuracy``, ``no_answer_rate``, ``predictions`` and ``correct``
+    report; ``*_for(rule)`` give either rule from the same outputs."""
 
     items: tuple[ItemResult, ...]
     settings: dict[str, Any] = field(default_factory=dict)
+    extraction: ExtractionRule = "whole_word"
+
+    def __post_init__(self) -> None:
+        check_rule(self.extraction)
 
     @property
     def n(self) -> int:
         return len(self.items)
 
+    def accuracy_for(self, rule: ExtractionRule) -> float:
+        return _accuracy(self.items, rule)
+
+    def no_answer_rate_for(self, rule: ExtractionRule) -> float:
+        return _no_answer_rate(self.items, rule)
+
+    def predictions_for(self, rule: ExtractionRule) -> list[str | None]:
+        return [item.prediction(rule) for item in self.items]
+
+    def correct_for(self, rule: ExtractionRule) -> list[int]:
+        return [int(item.correct(rule)) for item in self.items]
+
     @property
     def accuracy(self) -> float:
-        """Exact-match accuracy; a no-answer counts as wrong (as in the reference)."""
-        return _accuracy(self.items)
+        """Exact-match accuracy under ``extraction``; a no-answer counts as wrong (as in the reference)."""
+        return self.accuracy_for(self.extraction)
 
     @property
     def no_answer_rate(self) -> float:
-        """Share of outputs in which no label of the task was found."""
-        return _no_answer_rate(self.items)
+        """Share of outputs in which ``extraction`` found no label of the task."""
+        return self.no_answer_rate_for(self.extraction)
 
     @property
     def predictions(self) -> list[str | None]:
-        return [item.prediction for item in self.items]
+        return self.predictions_for(self.extraction)
+
+    @property
+    def correct(self) -> list[int]:
+        return self.correct_for(self.extraction)
 
     @property
     def outputs(self) -> list[str]:
         return [item.output for item in self.items]
 
     def per_task(self) -> dict[str, dict[str, float]]:
-        """``{task: {"n", "accuracy", "no_answer_rate"}}`` for a mixed evaluation."""
+        """``{task: {"n", "accuracy", "no_answer_rate", "accuracy_<rule>", "no_answer_rate_<rule>"}}`` for a
+        mixed evaluation: the unsuffixed numbers under ``extraction``, the suffixed ones under every rule."""
         groups: dict[str, list[ItemResult]] = defaultdict(list)
         for item in self.items:
             groups[item.task].append(item)
-        return {
-            task: {"n": len(g), "accuracy": _accuracy(g), "no_answer_rate": _no_answer_rate(g)}
-            for task, g in groups.items()
-        }
+        out: dict[str, dict[str, float]] = {}
+        for task, g in groups.items():
+            row: dict[str, float] = {
+                "n": len(g),
+                "accuracy": _accuracy(g, self.extraction),
+                "no_answer_rate": _no_answer_rate(g, self.extraction),
+            }
+            for rule in EXTRACTION_RULES:
+                row[f"accuracy_{rule}"] = _accuracy(g, rule)
+                row[f"no_answer_rate_{rule}"] = _no_answer_rate(g, rule)
+            out[task] = row
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Everything a result file needs, labelled with the protocol."""
         return {
             "protocol": PROTOCOL,
+            "extraction": self.extraction,
             "n": self.n,
             "accuracy": self.accuracy,
             "no_answer_rate": self.no_answer_rate,
+            **{f"accuracy_{rule}": self.accuracy_for(rule) for rule in EXTRACTION_RULES},
+            **{f"no_answer_rate_{rule}": self.no_answer_rate_for(rule) for rule in EXTRACTION_RULES},
             "per_task": self.per_task(),
             "settings": dict(self.settings),
         }
@@ -209,10 +271,19 @@ def _generate_batch(
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
-def _score(example: Example, text: str, *, reference_extraction: bool) -> ItemResult:
-    output = text.split(_RESPONSE_MARKER)[-1].strip() if reference_extraction else text.strip()
-    prediction = extract_answer(example.task, output, reference=reference_extraction)
-    return ItemResult(task=example.task, answer=example.answer, prediction=prediction, output=output)
+def _score(example: Example, text: str) -> ItemResult:
+    """Both rules on one generation.  The reference decodes prompt + continuation and keeps what follows
+    the last "### Response:"; on the continuation alone that is the whole text unless the model wrote the
+    marker itself, so only the reference rule applies the cut (the whole-word rule reads the whole output)."""
+    output = text.strip()
+    cut = text.split(_RESPONSE_MARKER)[-1].strip()
+    return ItemResult(
+        task=example.task,
+        answer=example.answer,
+        output=output,
+        whole_word=extract_answer(example.task, output),
+        reference=extract_answer(example.task, cut, reference=True),
+    )
 
 
 def evaluate_generation(
@@ -226,7 +297,7 @@ def evaluate_generation(
     do_sample: bool = False,
     greedy: bool = False,
     template: PromptTemplate = "eval",
-    reference_extraction: bool = False,
+    extraction: ExtractionRule = "whole_word",
 ) -> GenerationResult:
     """Run the paper protocol on ``examples`` (any mix of tasks) and score every item.
 
@@ -234,7 +305,8 @@ def evaluate_generation(
     samples with the reference's declared temperature/top-p/top-k; sampled answers depend on the global
     torch RNG and on the batch composition, so they are not reproducible across batch sizes.
     ``template`` picks the prompt (default: the reference evaluator's, see prompts.py).
-    ``reference_extraction`` scores as the reference does (see ``data.extract_answer``).
+    Every output is scored under both extraction rules; ``extraction`` names the one that the result's
+    ``accuracy`` / ``no_answer_rate`` / ``predictions`` report (see the module docstring).
 
     Prompts are tokenized as the reference does (with the tokenizer's special tokens, e.g. LLaMA's BOS)
     and processed longest first, which only changes how much padding each batch holds; the result lists
@@ -242,6 +314,7 @@ def evaluate_generation(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_rule(extraction)
     if greedy and do_sample:
         raise ValueError("greedy=True and do_sample=True exclude each other")
     beams = 1 if greedy else num_beams
@@ -270,10 +343,7 @@ def evaluate_generation(
     finally:
         model.train(was_training)
 
-    items = tuple(
-        _score(ex, text, reference_extraction=reference_extraction)
-        for ex, text in zip(examples, texts, strict=True)
-    )
+    items = tuple(_score(ex, text) for ex, text in zip(examples, texts, strict=True))
     settings = {
         "protocol": PROTOCOL,
         "template": template,
@@ -283,6 +353,7 @@ def evaluate_generation(
         "batch_size": batch_size,
         "padding_side": "left",
         "pad_token_id": pad_id,
-        "reference_extraction": reference_extraction,
+        "extraction": extraction,
+        "extraction_rules": list(EXTRACTION_RULES),
     }
-    return GenerationResult(items=items, settings=settings)
+    return GenerationResult(items=items, settings=settings, extraction=extraction)
