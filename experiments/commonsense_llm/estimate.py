@@ -1,7 +1,9 @@
-"""Rough GPU memory and GPU-hours of a full-scale run, for the dry run (`list --estimate`).
+"""Rough GPU memory and GPU-hours of a full-scale run, and its LoRA-Dash launch update, for the dry run
+(`list --estimate`).
 
 The model is built on the meta device from its architecture (no weights, no download), so parameter and
-adapter counts are exact; memory and time are estimates from stated assumptions, printed with the plan.
+adapter counts are exact; memory and time are estimates from stated assumptions, printed with the plan. The
+launch update is exact (`launch_update`): it depends only on the run's layout.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ COMMONSENSE_170K = 170_420  # items in commonsense_170k.json (LLM-Adapters)
 ASSUMPTIONS = {
     "mean_tokens_per_example": 150,  # Alpaca prompt + answer, under the 256 cutoff
     "sustained_tflops": 300.0,  # bf16/fp16 on one H100 (about 30% of peak)
-    "decode_ms_per_step": 30.0,  # one beam-search step of a 16-item batch on a 7-8B model
+    "decode_ms_per_step": 30.0,  # one beam-search step of a 1- to 16-item batch on a 7-8B model (memory-bound)
     "bytes_per_trainable": 16,  # fp32 weight + grad + two Adam moments
 }
 
@@ -40,6 +42,61 @@ def meta_model(name: str) -> torch.nn.Module:
         raise ValueError(f"no architecture on record for {name!r} (known: {', '.join(KNOWN_ARCHS)})")
     with torch.device("meta"):
         return LlamaForCausalLM(LlamaConfig(**KNOWN_ARCHS[name]))
+
+
+def total_steps(cfg: ExperimentConfig, n_train: int) -> int:
+    """Optimizer steps of a run on `n_train` training items (the loop's rule: the last batch of an epoch may be
+    short, as transformers.Trainer's)."""
+    t = cfg.train
+    return t.max_steps if t.max_steps is not None else (t.epochs or 1) * math.ceil(n_train / t.batch_size)
+
+
+def forward_call_launch_update(
+    *, prelaunch_calls: int, calls_per_update: int, eval_every: int, val_batches: int, max_steps: int
+) -> int | None:
+    """The update at which the authors' forward-call clock launches a layer (METHOD.md section 2), as the
+    record's `diagnostics.launch_step` shows it; None if it never does during training.
+
+    Each target layer counts its forward calls and launches at the start of call t + 1 (t = prelaunch_calls).
+    A training update makes `calls_per_update` calls (one per micro-batch, two with gradient checkpointing,
+    whose backward recomputes the forward); a validation after every `eval_every`-th update (and after the
+    last) makes one per validation batch. A launch inside update k's passes shows as k (the layer ran
+    launched in that update); one inside the validation after update k shows as k + 1, the first update
+    that runs launched. Under the authors' layout (16 x 1, validation every 80 updates in 15 batches of 8,
+    t = 100) that is 86: the switch fires after 85 updates, as in their runs.
+    """
+    calls = 0
+    for step in range(1, max_steps + 1):
+        calls += calls_per_update
+        if calls > prelaunch_calls:
+            return step
+        if step % eval_every == 0 or step == max_steps:
+            calls += val_batches
+            if calls > prelaunch_calls:
+                return step + 1 if step < max_steps else None
+    return None
+
+
+def launch_update(cfg: ExperimentConfig, n_train: int) -> int | None:
+    """The optimizer step `diagnostics.launch_step` will show for a LoRA-Dash run of `cfg` on `n_train`
+    training items (None: not a LoRA-Dash run, or no launch during training).
+
+    Optimizer-step clock (the paper's): after update t (the dash term acts from update t + 1; t = 0 launches
+    after update 1). Forward-call clock (the authors' code): `forward_call_launch_update` under the run's
+    layout: micro-batches per update, gradient checkpointing, validation interval and batches."""
+    params = build_method(cfg.method.name, **cfg.method.params).params
+    if "prelaunch_steps" not in params:
+        return None
+    t, steps = int(params["prelaunch_steps"]), total_steps(cfg, n_train)
+    if params.get("prelaunch_clock", "optimizer_step") == "optimizer_step":
+        return max(t, 1) if max(t, 1) <= steps else None
+    return forward_call_launch_update(
+        prelaunch_calls=t,
+        calls_per_update=cfg.train.grad_accum * (2 if cfg.model.gradient_checkpointing else 1),
+        eval_every=cfg.train.eval_every,
+        val_batches=math.ceil(cfg.data.val_examples / cfg.train.eval_batch_size),
+        max_steps=steps,
+    )
 
 
 def estimate_run(cfg: ExperimentConfig, n_train: int = COMMONSENSE_170K) -> dict[str, Any]:
@@ -59,22 +116,20 @@ def estimate_run(cfg: ExperimentConfig, n_train: int = COMMONSENSE_170K) -> dict
     acts = per_layer * (1 if cfg.model.gradient_checkpointing else layers) + 2 * seq * micro * h * layers
     logits = 3 * micro * seq * arch["vocab_size"] * 4
     memory_gb = (total * weight_bytes + trainable * a["bytes_per_trainable"] + acts + logits) / 1e9
-    steps = (
-        (t.epochs or 1) * math.ceil((n_train - d.val_examples) / t.batch_size)
-        if t.max_steps is None
-        else t.max_steps
-    )
+    steps = total_steps(cfg, n_train - d.val_examples)
     tokens = steps * t.batch_size * a["mean_tokens_per_example"]
     flops_per_token = (6 if cfg.method.name == "full" else 4) * total  # adapters: no weight gradients
     train_h = tokens * flops_per_token / (a["sustained_tflops"] * 1e12) / 3600
     test_items = 22_349 if d.test_examples_per_task is None else d.test_examples_per_task * len(d.eval_tasks)
-    eval_h = (
-        math.ceil(test_items / cfg.eval.batch_size)
-        * cfg.eval.max_new_tokens
-        * a["decode_ms_per_step"]
-        / 1000
-        / 3600
-    )
+    e = cfg.eval
+    batches = math.ceil(test_items / e.batch_size)
+    if e.batch_size > 1:  # the batch-1 check generates the first items of each task again, alone
+        per_task = e.batch1_check_items if d.test_examples_per_task is None else d.test_examples_per_task
+        batches += min(e.batch1_check_items, per_task) * len(d.eval_tasks)
+    eval_h = batches * e.max_new_tokens * a["decode_ms_per_step"] / 1000 / 3600
+    # LoRA-Dash runs: the update their diagnostics will name as the launch (None: not during training)
+    is_dash = "prelaunch_steps" in method.params
+    launch = {"launch_update": launch_update(cfg, n_train - d.val_examples)} if is_dash else {}
     return {
         "total_params": total,
         "trainable": trainable,
@@ -84,5 +139,6 @@ def estimate_run(cfg: ExperimentConfig, n_train: int = COMMONSENSE_170K) -> dict
         "gpu_hours": train_h + eval_h,
         "layout": f"{micro} x {t.grad_accum}",
         "eval_every": t.eval_every,
+        **launch,
         "assumptions": f"one H100, {ASSUMPTIONS}",
     }
