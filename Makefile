@@ -58,5 +58,15 @@ reproduce: setup
 tables: setup
 	for f in $(RUN_FAMILIES); do $(EXP) tables --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) || exit 1; done
 
+# Reruns a sample of committed runs (one LoRA-Dash, one LoRA by default) and compares them with their records.
+verify: setup
+	for f in $(RUN_FAMILIES); do $(EXP) verify --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) || exit 1; done
+
+# The paper's questions about task-specific directions, from the records (and, with ANALYZE_TRAIN=1, a few
+# minutes of training): results/<profile>/<family>/analysis/.
+ANALYZE_TRAIN ?=
+analyze: setup
+	for f in $(RUN_FAMILIES); do $(EXP) analyze --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) $(if $(ANALYZE_TRAIN),--train) || exit 1; done
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

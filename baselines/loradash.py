@@ -95,7 +95,11 @@ class LoraDash(Lora):
         ratio = float(self.params["lambda_lr_ratio"])
         budget: dict[str, Any] = {}
         if lrs is not None and launch is not None:
-            post = list(lrs[launch:])
+            # lrs[i] is the rate of step i + 1. The optimizer-step clock launches after step `launch`, so the
+            # scalars first move in step launch + 1; the forward-call clock launches inside a forward pass of
+            # step `launch` (seen after it), whose update already moves them.
+            first = launch - 1 if self.params["prelaunch_clock"] == "forward_call" else launch
+            post = list(lrs[max(first, 0) :])
             budget = {
                 "lambda_lr_sum_after_launch": ratio * float(sum(post)),
                 "lambda_lr_x_post_launch_steps": ratio * (max(lrs) if lrs else 0.0) * len(post),

@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_budget.add_argument("--rank", type=_int_at_least(1), default=1)
     p_budget.add_argument("--experiment", default=None, help="take the model and targets from this experiment")
 
+    p_verify = sub.add_parser("verify", help="rerun a sample of committed runs into a scratch folder and compare")
+    _common(p_verify)
+    p_verify.add_argument("--scratch", type=Path, default=None, help="where reruns go (default: a temp folder)")
+    p_verify.add_argument("-n", type=_int_at_least(1), default=2, help="how many runs (default 2)")
+    p_verify.add_argument("--experiment", action="append", default=None, help="rerun these first (repeatable)")
+
+    p_analyze = sub.add_parser("analyze", help="task-specific-direction analysis -> <results>/<profile>/<family>/analysis")
+    _common(p_analyze)
+    p_analyze.add_argument("--train", action="store_true", help="also train (full FT vs LoRA picks; minutes)")
+
     p_fam = sub.add_parser("families", help="the experiment families, their metrics and profiles")
     p_fam.add_argument("--debug", action="store_true")
     return parser
@@ -204,6 +214,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         from experiments.budget_cli import print_budget
 
         print_budget(args.family, args.method, args.rank, args.experiment)
+    elif args.command == "verify":
+        import tempfile
+
+        from experiments.verify import report, verify
+
+        scratch = args.scratch or Path(tempfile.mkdtemp(prefix="loradash-verify-"))
+        rows = verify(args.family, args.profile, args.results_dir, scratch, n=args.n, experiments=args.experiment)
+        text = report(rows)
+        (scratch / "verify.md").write_text(text)
+        print(text + f"reruns and report in {scratch}")
+    elif args.command == "analyze":
+        from experiments.analysis import analyze
+
+        for path in analyze(args.family, args.profile, args.results_dir, train=args.train):
+            print(path)
     elif args.command == "families":
         from experiments.profiles import list_profiles
         from experiments.registry import available_families, get_family

@@ -25,6 +25,7 @@ PROFILE_KEYS = {
     "lr_grid",
     "jobs",
     "tasks",
+    "verify",
 }
 
 
@@ -55,6 +56,7 @@ class Profile:
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: int = 1
     tasks: dict[str, dict[str, Any]] | None = None
+    verify: tuple[str, ...] = ()  # experiments `verify` reruns first (e.g. one LoRA-Dash, one LoRA)
 
     @property
     def task_list(self) -> list[str | None]:
@@ -158,4 +160,5 @@ def load_profile(family: str, name: str) -> Profile:
         method_overrides=method_overrides,
         jobs=jobs,
         tasks=tasks,
+        verify=tuple(e for e in (raw.get("verify") or []) if e in exps),
     )
