@@ -88,11 +88,20 @@ class ExperimentConfig:
         return getattr(self.data, "task", None)
 
 
+# Settings added after records were committed that cannot change a run's result (how it is executed, not what
+# it computes): left out of the hash, so that adding them never makes a committed record stale. Add a new field
+# here only if that is true of it (existing fields stay in: removing one would change every hash).
+NOT_IN_HASH: dict[str, tuple[str, ...]] = {"train": ("checkpoint_every",)}
+
+
 def config_hash(cfg: ExperimentConfig, resolved_method_params: dict[str, Any] | None = None) -> str:
     """A short hash of everything that defines a run (not where it came from): a record whose config has since
     changed is `stale`. Pass the method's resolved hyper-parameters so a changed default counts too."""
     d = cfg.to_dict()
     d.pop("sources", None)
+    for section, keys in NOT_IN_HASH.items():
+        for key in keys:
+            d.get(section, {}).pop(key, None)
     if resolved_method_params is not None:
         d["method"]["params"] = dict(resolved_method_params)
     blob = json.dumps(d, sort_keys=True, default=str)
