@@ -71,12 +71,13 @@ class DinoEncoder:
 
         if name == "tiny:vit":
             cfg = ViTConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=37, add_pooling_layer=False)  # fmt: skip
+                            intermediate_size=37)  # fmt: skip
             self.model = _seeded(lambda: ViTModel(cfg, add_pooling_layer=False))
-            self.prep = Preprocess(36, 32, IMAGENET_MEAN, IMAGENET_STD)
         else:
             self.model = ViTModel.from_pretrained(name, add_pooling_layer=False, use_safetensors=True)
-            self.prep = Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)  # ViTImageProcessor of dino-vits16
+        # dino-vits16's ViTImageProcessor: shorter side to 256, centre crop 224 (scaled to the model's input)
+        size = self.model.config.image_size
+        self.prep = Preprocess(round(size * 256 / 224), size, IMAGENET_MEAN, IMAGENET_STD)
         self.model.to(device).eval().requires_grad_(False)
         self.device = device
 
@@ -109,11 +110,11 @@ class ClipEncoder:
             )  # fmt: skip
             self.model = _seeded(lambda: CLIPModel(cfg))
             self.tokenizer = tiny_tokenizer
-            self.prep = Preprocess(32, 32, CLIP_MEAN, CLIP_STD)
         else:
             self.model = CLIPModel.from_pretrained(name, use_safetensors=True)
             self.tokenizer = CLIPTokenizer.from_pretrained(name)
-            self.prep = Preprocess(224, 224, CLIP_MEAN, CLIP_STD)  # CLIPImageProcessor
+        size = self.model.config.vision_config.image_size  # CLIPImageProcessor: shorter side to 224, crop 224
+        self.prep = Preprocess(size, size, CLIP_MEAN, CLIP_STD)
         self.model.to(device).eval().requires_grad_(False)
         self.device = device
 

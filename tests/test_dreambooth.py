@@ -1,0 +1,274 @@
+"""The DreamBooth family on tiny random SDXL-shaped models (nothing downloaded): the real subject images, every
+method through the shared loop, generation from the adapter as a user loads it, the dash term at inference,
+the stock-diffusers export path, the metrics' loading code, and the paper profile's exact SDXL counts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from baselines import build_method  # noqa: E402
+from experiments.config import load_experiment, with_overrides  # noqa: E402
+from experiments.dreambooth import data as db  # noqa: E402
+from experiments.dreambooth import metrics as mx  # noqa: E402
+from experiments.dreambooth.family import DreamBoothRun  # noqa: E402
+from experiments.dreambooth.generation import pipeline, unet_of  # noqa: E402
+from experiments.dreambooth.models import (  # noqa: E402
+    SDXL,
+    add_time_ids,
+    build_frozen,
+    build_unet,
+    encode_prompts,
+    sdxl_meta_unet,
+    tiny_tokenizer,
+)
+from experiments.profiles import load_profile  # noqa: E402
+from experiments.results import read_record, run_path, validate_record  # noqa: E402
+
+try:
+    DATA = db.default_data_dir()
+except FileNotFoundError:
+    DATA = None
+needs_data = pytest.mark.skipif(DATA is None, reason="no DreamBooth data (../shared/data/dreambooth)")
+
+
+def config(profile: str, experiment: str, task: str, **sections):
+    p = load_profile("dreambooth", profile)
+    cfg = load_experiment("dreambooth", experiment, profile_overrides=p.overrides, profile_source=p.source,
+                          method_overrides=p.method_overrides, task=task,
+                          task_overrides=(p.tasks or {}).get(task))  # fmt: skip
+    return with_overrides(cfg, **sections) if sections else cfg
+
+
+def arrays(images) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+# --- data and prompts -------------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_prompts_and_classes_parse():
+    spec = db.read_prompts(DATA / db.PROMPTS_FILE)
+    assert (
+        len(spec.classes) == 30
+        and spec.classes["vase"] == "vase"
+        and spec.classes["bear_plushie"] == "stuffed animal"
+    )
+    assert len(spec.object_prompts) == len(spec.live_prompts) == 25
+    dog, vase = db.evaluation_prompts(spec, "dog", "sks"), db.evaluation_prompts(spec, "vase", "sks")
+    assert (
+        dog[0] == "a sks dog in the jungle" and dog[10] == "a sks dog wearing a red hat"
+    )  # live-subject list
+    assert vase[10] == "a sks vase with a wheat field in the background"  # object list
+    assert dog[-1] == "a cube shaped sks dog" and vase[-1] == "a cube shaped sks vase"
+    assert db.without_token("a sks dog in the snow", "sks") == "a dog in the snow"
+    assert db.without_token("a red sks vase", "sks") == "a red vase"
+
+
+def test_training_tensor_and_sdxl_time_ids():
+    from PIL import Image
+
+    im = Image.new("RGB", (300, 200), (255, 0, 0))
+    pixels, sizes = db.to_training_tensor(im, 64)
+    assert pixels.shape == (3, 64, 64) and pixels.min() >= -1 and pixels.max() <= 1
+    assert torch.allclose(pixels[0], torch.ones(64, 64)) and torch.allclose(pixels[1], -torch.ones(64, 64))
+    # shorter side 200 -> 64: 96 x 64, centre crop 16 px from the left; original (h, w) = (200, 300)
+    assert sizes.tolist() == [200, 300, 0, 16]
+    ids = add_time_ids(sizes[None], 64, "cpu", torch.float32)
+    assert ids.tolist() == [[200, 300, 0, 16, 64, 64]]
+
+
+# --- the paper profile (no weights) -----------------------------------------------------------------------------
+
+
+def test_paper_profile_is_methods_section_3():
+    cfg = config("paper", "loradash-r4", "dog")
+    assert cfg.model.name == SDXL and cfg.data.vae == "madebyollin/sdxl-vae-fp16-fix"
+    assert cfg.model.target_modules == ("to_q", "to_k", "to_v", "to_out.0")
+    t = cfg.train
+    assert (t.max_steps, t.batch_size // t.grad_accum, t.grad_accum, t.lr, t.schedule) == (
+        500,
+        1,
+        4,
+        1e-4,
+        "constant",
+    )
+    assert (
+        t.mixed_precision == "fp16"
+        and cfg.data.resolution == 1024
+        and cfg.data.instance_prompt.startswith("a photo of")
+    )
+    p = build_method(cfg.method.name, **cfg.method.params).params
+    assert p["r"] == 4 and p["lora_alpha"] == 4 and p["num_directions"] == 8
+    assert load_profile("dreambooth", "paper").seeds == (0,)
+    assert cfg.eval.num_inference_steps == 50 and cfg.eval.images_per_prompt == 4
+
+
+def test_sdxl_unet_counts_on_the_meta_device():
+    from baselines.budget import base_param_count, target_layer_shapes
+
+    unet = sdxl_meta_unet()
+    assert base_param_count(unet) == 2_567_463_684  # SDXL base 1.0's UNet
+    shapes = target_layer_shapes(unet, ["to_q", "to_k", "to_v", "to_out.0"])
+    assert len(shapes) == 4 * 140  # 70 transformer blocks x 2 attentions x 4 projections
+    lora = build_method("lora", r=4, lora_alpha=4)
+    assert type(lora).analytic_trainable(shapes, 4, 0, **lora.params) == 5_806_080
+    est = DreamBoothRun.estimate(config("paper", "loradash-r4", "dog"))
+    assert est is not None and est["trainable"] == 5_806_080 + 8 * 560 and est["launch_update"] == 100
+    assert est["layout"] == "1 x 4" and est["memory_gb"] > 0 and est["gpu_hours"] > 0
+    assert DreamBoothRun.estimate(config("paper", "full", "dog"))["trainable"] == 2_567_463_684
+    assert DreamBoothRun.estimate(config("smoke", "lora-r4", "dog")) is None  # tiny: no GPU estimate
+
+
+def test_config_checks():
+    cfg = config("smoke", "lora-r4", "dog")
+    bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, resolution=60))
+    assert "data.resolution" in dict(DreamBoothRun.check_config(bad))
+    bad = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="tiny:sd15"))
+    assert "model.name" in dict(DreamBoothRun.check_config(bad))
+    assert DreamBoothRun.check_config(cfg) == []
+
+
+# --- the loop, every method ---------------------------------------------------------------------------------------
+
+
+@needs_data
+@pytest.mark.parametrize("experiment", ["lora-r4", "dora-r4", "loradash-r4", "full"])
+def test_tiny_paper_path_every_method(experiment, tmp_path):
+    """Batch 2 x accumulation 2 with prior preservation on an object subject: a schema-valid record labelled as
+    random weights, the score recomputed from its items, and the PNG grid."""
+    from PIL import Image
+
+    from experiments.train import run
+
+    cfg = config("tiny", experiment, "vase", eval={"image_dir": str(tmp_path / "images"), "max_prompts": 5})
+    rec = run(cfg, seed=0, lr=1e-3, profile="tiny", results_dir=tmp_path, progress=False)
+    assert (
+        read_record(run_path(tmp_path, "tiny", "dreambooth", experiment, 0, 1e-3, "vase"))["test"]
+        == rec["test"]
+    )
+    assert validate_record(rec, "dino") == [] and rec["status"] == "complete"
+    assert rec["identity"]["model"]["random_weights"] is True
+    assert rec["examples_seen"] == 4 * 2 * 2  # 4 steps x 2 instance images, each with a class image
+    task = rec["test"]["per_task"]["vase"]
+    assert task["n"] == 5 * 2 and task["prompts"][0] == "a sks vase in the jungle"
+    items = {k: np.asarray(v) for k, v in task["items"].items()}
+    assert DreamBoothRun.task_score("vase", items) == pytest.approx(task["dino"])
+    idx = np.array([np.arange(task["n"]), np.zeros(task["n"], dtype=int)])
+    assert DreamBoothRun.task_scores("vase", items, idx)[0] == pytest.approx(task["dino"])
+    assert all(-1 <= x <= 1 for k in ("dino", "clip_i", "clip_t") for x in task["items"][k])
+    assert len(task["drift_items"]["drift"]) == 4
+    with Image.open(task["grid"]) as grid:
+        assert grid.format == "PNG" and grid.size == (2 * 128, 5 * (128 + 14))
+    if experiment == "loradash-r4":
+        d = rec["diagnostics"]
+        assert d["launch_step"] == 2 and d["launched_layers"] == d["num_layers"] > 0
+
+
+# --- the adapter at inference -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_dash():
+    """A LoRA-Dash UNet trained across its launch with the family's loss (scalars' rate x200, so that lambda
+    visibly moves in 4 steps)."""
+    if DATA is None:
+        pytest.skip("no DreamBooth data")
+    cfg = config("smoke", "loradash-r4", "dog")
+    cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, params={**cfg.method.params,
+                                                                                  "lambda_lr_ratio": 200.0}))  # fmt: skip
+    run = DreamBoothRun(cfg)
+    method = build_method(cfg.method.name, **cfg.method.params)
+    torch.manual_seed(0)
+    model = method.wrap(run.build_model(), target_modules=list(cfg.model.target_modules))
+    opt = torch.optim.AdamW([g for g in method.param_groups(model, 1e-3) if g["params"]], lr=1e-3)
+    batches = iter(run.train_loader(0, 1))
+    for step in range(1, 5):
+        run.loss(model, next(batches)).backward()
+        opt.step()
+        opt.zero_grad()
+        method.on_optimizer_step(model, step)
+    model.eval()
+    return run, model
+
+
+def test_loaded_adapter_draws_what_the_trained_model_draws_and_the_dash_term_matters(trained_dash):
+    import loradash
+
+    run, model = trained_dash
+    jobs = [("a sks dog in the snow", 0), ("a red sks dog", 1)]
+    assert all(m.is_launched(a) for _, m, a in loradash.dash_layers(model))
+    trained = arrays(run.draw(unet_of(model), jobs, "cpu"))
+    loaded = run.reload(model, "cpu")  # save_pretrained -> loradash.from_pretrained onto a fresh base UNet
+    assert np.array_equal(arrays(run.draw(unet_of(loaded), jobs, "cpu")), trained)
+    with torch.no_grad():
+        for _, m, a in loradash.dash_layers(loaded):
+            assert m.lora_dash_lambda[a].weight.abs().max() > 0.05
+            m.lora_dash_lambda[a].weight.zero_()  # the same adapter without the dash term
+    assert np.abs(arrays(run.draw(unet_of(loaded), jobs, "cpu")) - trained).max() > 10
+
+
+def test_export_loads_in_a_stock_diffusers_pipeline(trained_dash, tmp_path):
+    """The user path for stock tools: export_as_lora(layout="diffusers") + pipeline.load_lora_weights."""
+    import loradash
+
+    run, model = trained_dash
+    jobs = [("a sks dog on the beach", 2)]
+    trained = arrays(run.draw(unet_of(model), jobs, "cpu"))
+    base = arrays(run.draw(run.build_model(), jobs, "cpu"))
+    loradash.export_as_lora(model, tmp_path, layout="diffusers", prefix="unet")
+    pipe = pipeline(run.frozen("cpu"), run.build_model())
+    pipe.load_lora_weights(str(tmp_path))
+    exported = arrays(run.draw(pipe.unet, jobs, "cpu"))
+    assert np.abs(exported - trained).max() <= 1  # fp32 rounding of the rank r + s product, at most 1/255
+    assert np.abs(exported - base).max() > 10
+
+
+# --- model and metric loading code --------------------------------------------------------------------------------
+
+
+def test_diffusers_folder_loads_as_the_tiny_model(tmp_path):
+    """The hub code path (from_pretrained of a diffusers-layout folder) on the tiny pipeline saved to disk."""
+    parts = build_frozen("tiny:sdxl")
+    pipeline(parts, build_unet("tiny:sdxl")).save_pretrained(tmp_path)
+    unet, tiny = build_unet(str(tmp_path)), build_unet("tiny:sdxl")
+    assert all(
+        torch.equal(a, b) for a, b in zip(unet.state_dict().values(), tiny.state_dict().values(), strict=True)
+    )
+    loaded = build_frozen(str(tmp_path))
+    a, b = (
+        encode_prompts(loaded, ["a photo of sks dog"], "cpu"),
+        encode_prompts(parts, ["a photo of sks dog"], "cpu"),
+    )
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert loaded.noise_scheduler.config.prediction_type == "epsilon"
+
+
+def test_metric_models_load_from_folders(tmp_path):
+    from PIL import Image
+
+    tiny_dino, tiny_clip = (
+        mx.DinoEncoder("tiny:vit", "cpu"),
+        mx.ClipEncoder("tiny:clip", "cpu", tiny_tokenizer=tiny_tokenizer()),
+    )
+    tiny_dino.model.save_pretrained(tmp_path / "dino")
+    tiny_clip.model.save_pretrained(tmp_path / "clip")
+    tiny_clip.tokenizer.save_pretrained(tmp_path / "clip")
+    dino, clip = mx.DinoEncoder(str(tmp_path / "dino"), "cpu"), mx.ClipEncoder(str(tmp_path / "clip"), "cpu")
+    assert (dino.prep.resize, dino.prep.crop, clip.prep.resize, clip.prep.crop) == (37, 32, 32, 32)
+    g = np.random.default_rng(0)
+    images = [Image.fromarray(g.integers(0, 255, (240, 260, 3), dtype=np.uint8)) for _ in range(3)]
+    emb = dino.embed(images)
+    assert emb.shape == (3, 32) and torch.allclose(emb.norm(dim=1), torch.ones(3))
+    sim = mx.similarity_to_references(emb, emb[:2])
+    assert sim.shape == (3,) and sim[0] == pytest.approx((1 + float(emb[0] @ emb[1])) / 2, abs=1e-6)
+    t = clip.embed_texts(["a dog", "a vase in the snow"])
+    i = clip.embed_images(images[:2])
+    assert t.shape == i.shape == (2, 16)
+    assert mx.paired_cosine(i, t) == pytest.approx((i * t).sum(1).numpy(), abs=1e-6)
