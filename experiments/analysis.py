@@ -18,15 +18,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments import analysis_plots as plots
-from experiments.analysis_plots import BINS, EDGE
+from experiments import analysis_report as report
+from experiments.analysis_report import BINS, EDGE
 from experiments.config import ExperimentConfig, MethodConfig, _build, load_experiment, sections_for
 from experiments.profiles import load_profile
 from experiments.results import iter_records, read_record
@@ -60,15 +60,20 @@ class DashRun:
 
 # -- reading records ------------------------------------------------------------------------------------------
 def config_from_record(record: Mapping[str, Any]) -> ExperimentConfig:
-    """The resolved config a record ran with, rebuilt as the family's typed config."""
+    """The resolved config a record ran with, rebuilt as the family's typed config. Keys the current schema no
+    longer has (a record written by an older version) are dropped; fields it lacks take today's defaults."""
     c = record["config"]
     sections = sections_for(c["family"])
+    known = {s: {f.name for f in fields(cls)} for s, cls in sections.items()}
     return ExperimentConfig(
         family=c["family"],
         name=c["name"],
         method=MethodConfig(name=c["method"]["name"], params=dict(c["method"]["params"])),
         sources=tuple(c.get("sources", ())),
-        **{s: _build(cls, c.get(s) or {}) for s, cls in sections.items()},
+        **{
+            s: _build(cls, {k: v for k, v in (c.get(s) or {}).items() if k in known[s]})
+            for s, cls in sections.items()
+        },  # fmt: skip
     )
 
 
@@ -348,139 +353,18 @@ def probe_record(cfg: ExperimentConfig, settings: ProbeSettings, probe: ProbeRes
     }
 
 
-# -- the report -----------------------------------------------------------------------------------------------
-def _f(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def _reading(pos: Mapping[str, Any]) -> str:
-    """A plain reading of the position numbers against the paper's "small but not the smallest sigma"."""
-    if pos["top10"] >= 0.5:
-        return "mostly among the largest singular values (top 10%), not at small sigma as in the paper"
-    if pos["bottom10"] >= 0.5 and pos["smallest_s"] >= 0.25:
-        return (f"at the very bottom of the spectrum ({pos['smallest_s']:.0%} among the s smallest singular values "
-                "of their layer): the paper's 'small but not the smallest sigma' does not describe these runs")
-    if pos["bottom10"] >= 0.5 or 0.5 <= pos["median"]:
-        return "at small sigma but mostly not the very smallest, as the paper describes"
-    return "spread over the spectrum, with no concentration at small sigma"
-
-
-def _records_section(runs: Sequence[DashRun], pos: Mapping[str, Any], lam: Mapping[str, Any],
-                     stab: Sequence[Mapping[str, Any]]) -> list[str]:  # fmt: skip
-    lines = ["## Records", ""]
-    if not runs:
-        return lines + ["No complete LoRA-Dash record in this folder: nothing to analyse from records.", ""]
-    lines += ["| record | experiment | task | seed | lr | launched layers | not launched | lambda recorded |",
-              "|---|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
-    for r in runs:
-        has_lam = all(c.lam is not None for c in r.layers.values()) and bool(r.layers)
-        lines.append(f"| {r.path} | {r.experiment} | {r.task or '-'} | {r.seed} | {r.lr:g} | {len(r.layers)} | "
-                     f"{r.unlaunched} | {'yes' if has_lam else 'no'} |")  # fmt: skip
-    lines += ["", "## Where the chosen directions sit in the singular spectrum", ""]
-    if pos["n"]:
-        lines += [
-            "Position of direction i of a layer with k = min(out, in) directions: (i + 1/2) / k, 0 = the largest "
-            "sigma. The paper: task-specific directions sit at small but not the smallest sigma.",
-            "",
-            f"- {pos['n']} chosen directions (all launched layers of all runs above).",
-            f"- in the top 10% of the spectrum: {_f(pos['top10'])} (uniform: 0.100); in the bottom 10%: "
-            f"{_f(pos['bottom10'])} (uniform: 0.100).",
-            f"- among the s smallest singular values of their layer: {_f(pos['smallest_s'])} (uniform: "
-            f"{_f(pos['smallest_s_chance'])}); median position {_f(pos['median'])}.",
-            f"- Reading: {_reading(pos)}.",
-            "",
-            "![positions](positions.png)",
-            "",
-        ]
-    lines += ["## |lambda| against sigma at the end of training", ""]
-    if lam["n"]:
-        rho = lam.get("spearman_sigma_abs_lambda")
-        lines += [
-            f"- {lam['n']} directions; median |lambda| {lam['median_abs_lambda']:.3g}, max {lam['max_abs_lambda']:.3g}; "
-            f"Spearman correlation of sigma and |lambda|: {_f(rho)}.",
-            f"- median |lambda| / sigma (the dash term's own change rate of its direction): "
-            f"{lam['median_relative_change']:.3g}; |lambda| > sigma for {_f(lam['fraction_lambda_above_sigma'])} of them.",
-            "",
-            "![lambda against sigma](lambda_sigma.png)",
-            "",
-        ]
-    else:
-        lines += ["No record stores lambda (records written before it was recorded): not measured.", ""]
-    lines += ["## Stability across seeds", "",
-              "Per layer, the mean over pairs of seeds (same experiment, task and learning rate) of the Jaccard "
-              "overlap |A & B| / |A | B| and of the shared fraction |A & B| / s of the chosen index sets, then the "
-              "mean over layers. Chance: two independent uniform choices of s of k directions (shared: s/k; "
-              "Jaccard: the hypergeometric expectation).", ""]  # fmt: skip
-    if stab:
-        lines += ["| experiment | task | lr | seeds | layers | Jaccard | chance | shared | chance |",
-                  "|---|---|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for g in stab:
-            lines.append(f"| {g['experiment']} | {g['task'] or '-'} | {g['lr']:g} | {', '.join(map(str, g['seeds']))} | "
-                         f"{g['layers']} | {_f(g['jaccard'])} | {_f(g['chance_jaccard'])} | {_f(g['shared'])} | "
-                         f"{_f(g['chance_shared'])} |")  # fmt: skip
-        lines.append("")
-    else:
-        lines += ["No experiment has two seeds at one learning rate: not measured.", ""]
-    return lines
-
-
-def _prediction_section(pred: Mapping[str, Any] | None) -> list[str]:
-    lines = ["## Does a short LoRA run predict the directions full fine-tuning changes most?", ""]
-    if pred is None:
-        return lines + [
-            "Not run: it trains (`analyze(..., train=True)`); its result is kept in prediction.json.",
-            "",
-        ]
-    st, cfg, summ = pred["settings"], pred["config"], pred["summary"]
-    s = summ["s"]
-    lines += [
-        f"Probe on `{cfg['experiment']}`'s model ({cfg['model']}), task {cfg['task'] or '-'}, seed {st['seed']}: full "
-        f"fine-tuning of every weight for {st['full_steps']} steps at lr {st['full_lr']:g} gives dW* per target layer; "
-        f"LoRA at ranks {', '.join(map(str, st['ranks']))} (alpha = 2r) trains at lr {st['lora_lr']:g}, and after "
-        f"t = {', '.join(map(str, st['snapshots']))} steps of the same run the s = {s} directions LoRA-Dash would "
-        f"launch on are read from its update (change rate with eps = {st['eps']:g}). Both rankings use the same SVD "
-        "of the pretrained W. A short full fine-tuning run stands in for the paper's task-optimal W*.",
-        "",
-        "| run | first loss | mean loss, last 10% of steps | validation |",
-        "|---|---:|---:|---|",
-    ]
-    for run, t in sorted(pred["training"].items()):
-        val = ", ".join(
-            f"{k} {v:.4g}"
-            for k, v in sorted(t.items())
-            if k not in ("first_loss", "last_10pct_loss", "steps")
-        )
-        lines.append(
-            f"| {run} ({t['steps']} steps) | {t['first_loss']:.4f} | {t['last_10pct_loss']:.4f} | {val} |"
-        )
-    lines += ["", "Scores per layer (L_s: LoRA's top s; F_m: full fine-tuning's top m by change rate; k = min(out, in)), "
-              "averaged over the target layers:", ""]  # fmt: skip
-    lines += [f"- `{key}`: {text}" for key, text in SCORES.items()]
-    lines += ["", "| rank | t | " + " | ".join(SCORES) + " |", "|---:|---:|" + "---:|" * len(SCORES)]
-    for row in summ["by_rank_t"]:
-        lines.append(f"| {row['rank']} | {row['t']} | " + " | ".join(_f(row[k]) for k in SCORES) + " |")
-    for label, vals in (
-        ("chance", summ["chance"]),
-        ("s smallest sigma (control)", summ["smallest_sigma_control"]),
-    ):
-        lines.append(f"| {label} | | " + " | ".join(_f(vals[k]) for k in SCORES) + " |")
-    fpos = summ["full_top_s_positions"]
-    lines += [
-        "",
-        "The control picks the s directions of smallest sigma, what 1/sigma alone would choose: LoRA adds "
-        "information only where it beats this row.",
-        "",
-        f"Where full fine-tuning's own top s sit: top 10% {_f(fpos['top10'])}, bottom 10% {_f(fpos['bottom10'])}, "
-        f"among the s smallest {_f(fpos['smallest_s'])}, median position {_f(fpos['median'])}.",
-        "",
-        "![prediction quality](prediction.png)",
-        "",
-        f"Change-rate spectra of dW* for a few layers, with the directions LoRA picks at t = {pred['reference_t']}:",
-        "",
-        "![change-rate spectra](spectrum.png)",
-        "",
-    ]
-    return lines
+# -- writing ----------------------------------------------------------------------------------------------------
+def _record_row(r: DashRun) -> dict[str, Any]:
+    return {
+        "path": r.path,
+        "experiment": r.experiment,
+        "task": r.task,
+        "seed": r.seed,
+        "lr": r.lr,
+        "launched_layers": len(r.layers),
+        "unlaunched_layers": r.unlaunched,
+        "lambda_recorded": bool(r.layers) and all(c.lam is not None for c in r.layers.values()),
+    }
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -528,8 +412,8 @@ def analyze(
     title = f"{family} / {profile}: LoRA-Dash's chosen directions ({len(runs)} runs)"
     written = []
     for name, ok, draw in (
-        ("positions.png", pos["n"] > 0, lambda p: plots.plot_positions(pos, p, title)),
-        ("lambda_sigma.png", lam["n"] > 0, lambda p: plots.plot_lambda(choices, p, title)),
+        ("positions.png", pos["n"] > 0, lambda p: report.plot_positions(pos, p, title)),
+        ("lambda_sigma.png", lam["n"] > 0, lambda p: report.plot_lambda(choices, p, title)),
     ):
         if ok:
             draw(out / name)
@@ -547,25 +431,14 @@ def analyze(
     pred = json.loads(pred_path.read_text()) if pred_path.is_file() else None
     if pred is not None:
         ptitle = f"{family} / {profile}: {pred['config']['experiment']} {pred['config']['task'] or ''}"
-        plots.plot_prediction(pred, out / "prediction.png", ptitle)
-        plots.plot_spectrum(pred, out / "spectrum.png", ptitle)
+        report.plot_prediction(pred, out / "prediction.png", ptitle, list(SCORES))
+        report.plot_spectrum(pred, out / "spectrum.png", ptitle)
         written += [out / "prediction.png", out / "spectrum.png"]
 
     summary = {
         "family": family,
         "profile": profile,
-        "records": [
-            {
-                "path": r.path,
-                "experiment": r.experiment,
-                "task": r.task,
-                "seed": r.seed,
-                "lr": r.lr,
-                "launched_layers": len(r.layers),
-                "unlaunched_layers": r.unlaunched,
-            }
-            for r in runs
-        ],  # fmt: skip
+        "records": [_record_row(r) for r in runs],
         "positions": pos,
         "lambda_vs_sigma": lam,
         "seed_stability": stab,
@@ -578,6 +451,6 @@ def analyze(
           f"Generated by `python -m experiments analyze` from the complete LoRA-Dash run records under "
           f"`{profile}/{family}/` (one learning rate per experiment and task: the sweep's choice, else the rate "
           "with the most seeds). Numbers in analysis.json.", ""]  # fmt: skip
-    md += _records_section(runs, pos, lam, stab) + _prediction_section(pred)
+    md += report.records_section(summary["records"], pos, lam, stab) + report.prediction_section(pred, SCORES)
     written.append(_write_text(out / "analysis.md", "\n".join(md)))
     return written
