@@ -5,6 +5,7 @@ the stock-diffusers export path, the metrics' loading code, and the paper profil
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,20 +139,34 @@ def test_config_checks():
 # --- the loop, every method ---------------------------------------------------------------------------------------
 
 
-@needs_data
-@pytest.mark.parametrize("experiment", ["lora-r4", "dora-r4", "loradash-r4", "full"])
-def test_tiny_paper_path_every_method(experiment, tmp_path):
-    """Batch 2 x accumulation 2 with prior preservation on an object subject: a schema-valid record labelled as
-    random weights, the score recomputed from its items, and the PNG grid."""
-    from PIL import Image
+TINY_EXPERIMENTS = ["lora-r4", "dora-r4", "loradash-r4", "full"]
 
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Every method on the tiny paper path: batch 2 x accumulation 2 with prior preservation on an object
+    subject (vase), 5 prompts x 2 seeds, grids written; records in a shared folder."""
     from experiments.train import run
 
-    cfg = config("tiny", experiment, "vase", eval={"image_dir": str(tmp_path / "images"), "max_prompts": 5})
-    rec = run(cfg, seed=0, lr=1e-3, profile="tiny", results_dir=tmp_path, progress=False)
+    if DATA is None:
+        pytest.skip("no DreamBooth data")
+    root = tmp_path_factory.mktemp("dreambooth_runs")
+    records = {}
+    for experiment in TINY_EXPERIMENTS:
+        cfg = config("tiny", experiment, "vase", eval={"image_dir": str(root / "images"), "max_prompts": 5})
+        records[experiment] = run(cfg, seed=0, lr=1e-3, profile="tiny", results_dir=root, progress=False)
+    return root, records
+
+
+@pytest.mark.parametrize("experiment", TINY_EXPERIMENTS)
+def test_tiny_paper_path_every_method(experiment, tiny_runs):
+    """A schema-valid record labelled as random weights, the score recomputed from its items, and the grid."""
+    from PIL import Image
+
+    root, records = tiny_runs
+    rec = records[experiment]
     assert (
-        read_record(run_path(tmp_path, "tiny", "dreambooth", experiment, 0, 1e-3, "vase"))["test"]
-        == rec["test"]
+        read_record(run_path(root, "tiny", "dreambooth", experiment, 0, 1e-3, "vase"))["test"] == rec["test"]
     )
     assert validate_record(rec, "dino") == [] and rec["status"] == "complete"
     assert rec["identity"]["model"]["random_weights"] is True
@@ -163,12 +178,26 @@ def test_tiny_paper_path_every_method(experiment, tmp_path):
     idx = np.array([np.arange(task["n"]), np.zeros(task["n"], dtype=int)])
     assert DreamBoothRun.task_scores("vase", items, idx)[0] == pytest.approx(task["dino"])
     assert all(-1 <= x <= 1 for k in ("dino", "clip_i", "clip_t") for x in task["items"][k])
-    assert len(task["drift_items"]["drift"]) == 4
+    assert len(task["drift_items"]["drift"]) == 4 and all(-1 <= v <= 1 for v in task["real_images"].values())
     with Image.open(task["grid"]) as grid:
         assert grid.format == "PNG" and grid.size == (2 * 128, 5 * (128 + 14))
     if experiment == "loradash-r4":
         d = rec["diagnostics"]
         assert d["launch_step"] == 2 and d["launched_layers"] == d["num_layers"] > 0
+    # the same base model, images and metric models in every run: the reference row is identical
+    assert task["real_images"] == records["lora-r4"]["test"]["per_task"]["vase"]["real_images"]
+
+
+def test_methods_side_by_side(tiny_runs, tmp_path):
+    from PIL import Image
+
+    from experiments.dreambooth.generation import side_by_side
+
+    _, records = tiny_runs
+    grids = {e: r["test"]["per_task"]["vase"]["grid"] for e, r in records.items()}
+    out = side_by_side({e: Path(p) for e, p in grids.items()}, tmp_path / "vase.png")
+    with Image.open(out) as im:
+        assert im.size == (4 * 2 * 128, 16 + 5 * (128 + 14))
 
 
 # --- the adapter at inference -------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from experiments.dreambooth.models import (
     check_model_name,
     encode_prompts,
     is_tiny,
+    tiny_tokenizer,
 )
 from experiments.registry import Family, Metric, register_family
 from experiments.results import REPO_ROOT, file_sha256
@@ -210,6 +211,7 @@ class DreamBoothRun(Family):
         self._embeds: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.class_pixels: torch.Tensor | None = None
         self.class_sizes: torch.Tensor | None = None
+        self._encoders: tuple[mx.DinoEncoder, mx.ClipEncoder] | None = None
 
     @property
     def num_train(self) -> int:
@@ -372,28 +374,38 @@ class DreamBoothRun(Family):
             loaded = method.load_adapter(base, tmp)
         return loaded.to(device).eval()
 
+    def encoders(self, device: Any) -> tuple[mx.DinoEncoder, mx.ClipEncoder]:
+        """The metric models (eval.dino_model, eval.clip_model), loaded once per run."""
+        if self._encoders is None:
+            e = self.cfg.eval
+            tok = tiny_tokenizer() if e.clip_model == "tiny:clip" else None
+            self._encoders = (
+                mx.DinoEncoder(e.dino_model, device),
+                mx.ClipEncoder(e.clip_model, device, tiny_tokenizer=tok),
+            )
+        return self._encoders
+
     def score(self, images: list[Any], jobs: list[tuple[str, int]], device: Any) -> dict[str, np.ndarray]:
         """Per-image DINO, CLIP-I and CLIP-T (metrics.py)."""
-        e = self.cfg.eval
-        dino = mx.DinoEncoder(e.dino_model, device)
-        clip = mx.ClipEncoder(e.clip_model, device, tiny_tokenizer=self._tiny_tokenizer())
+        dino, clip = self.encoders(device)
         token = self.cfg.data.instance_token
         clip_img = clip.embed_images(images)
+        texts = [db.without_token(p, token) for p, _ in jobs]
         return {
             "dino": mx.similarity_to_references(dino.embed(images), dino.embed(self.images)),
             "clip_i": mx.similarity_to_references(clip_img, clip.embed_images(self.images)),
-            "clip_t": mx.paired_cosine(
-                clip_img, clip.embed_texts([db.without_token(p, token) for p, _ in jobs])
-            ),
+            "clip_t": mx.paired_cosine(clip_img, clip.embed_texts(texts)),
         }
 
-    def _tiny_tokenizer(self) -> Any:
-        from experiments.dreambooth.models import tiny_tokenizer
-
-        return tiny_tokenizer() if self.cfg.eval.clip_model == "tiny:clip" else None
+    def real_image_reference(self, device: Any) -> dict[str, float]:
+        """DreamBooth Table 1's "Real Images" row for this subject: the mean similarity of each real image to the
+        others (the ceiling the subject-fidelity metrics can reach with these metric models)."""
+        dino, clip = self.encoders(device)
+        return {"dino": mx.leave_one_out_similarity(dino.embed(self.images)),
+                "clip_i": mx.leave_one_out_similarity(clip.embed_images(self.images))}  # fmt: skip
 
     def drift(self, base_images: list[Any], images: list[Any], device: Any) -> np.ndarray:
-        dino = mx.DinoEncoder(self.cfg.eval.dino_model, device)
+        dino, _ = self.encoders(device)
         return 1.0 - mx.paired_cosine(dino.embed(images), dino.embed(base_images))
 
     def evaluate_test(self, model: torch.nn.Module, device: Any) -> dict[str, Any]:
@@ -422,6 +434,7 @@ class DreamBoothRun(Family):
                 "prompts": [p for p, _ in drift_jobs],
                 "drift": drift.tolist(),
             },  # fmt: skip
+            "real_images": self.real_image_reference(device),
             "grid": grid,
         }
         return {

@@ -105,3 +105,23 @@ def save_grid(images: list[Any], path: Path, *, cols: int, labels: list[str] | N
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, cols=cols, labels=labels).save(path, format="PNG")
     return path
+
+
+def side_by_side(grids: dict[str, Path], out: Path, *, header: int = 16) -> Path:
+    """The per-run grids of several experiments (same subject, prompts and seeds: rows are prompts) next to each
+    other, each under its name: methods side by side per prompt. `grids`: experiment -> its run's PNG."""
+    from PIL import Image, ImageDraw
+
+    ims = {name: Image.open(p).convert("RGB") for name, p in grids.items()}
+    width = sum(im.width for im in ims.values())
+    height = header + max(im.height for im in ims.values())
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for name, im in ims.items():
+        canvas.paste(im, (x, header))
+        draw.text((x + 2, 2), name, fill="black")
+        x += im.width
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, format="PNG")
+    return out

@@ -20,6 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+# DreamBooth (Ruiz et al., CVPR 2023) Table 1: the reference the metric code is read against (not comparable to
+# SDXL runs in absolute terms: other subjects' mix, other base models, 4 images per prompt as here).
+DREAMBOOTH_TABLE1 = {
+    "Real Images": {"dino": 0.774, "clip_i": 0.885, "clip_t": None},
+    "DreamBooth (Imagen)": {"dino": 0.696, "clip_i": 0.812, "clip_t": 0.306},
+    "DreamBooth (Stable Diffusion)": {"dino": 0.668, "clip_i": 0.803, "clip_t": 0.305},
+    "Textual Inversion (Stable Diffusion)": {"dino": 0.569, "clip_i": 0.780, "clip_t": 0.255},
+}
 DINO_HUB = "facebook/dino-vits16"
 CLIP_HUB = "openai/clip-vit-base-patch32"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -146,3 +154,12 @@ def similarity_to_references(gen: torch.Tensor, ref: torch.Tensor) -> np.ndarray
 def paired_cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """Row-wise cosine similarity of unit rows ([n, d] x [n, d] -> [n])."""
     return (a * b).sum(dim=1).double().numpy()
+
+
+def leave_one_out_similarity(emb: torch.Tensor) -> float | None:
+    """Mean cosine similarity over ordered pairs of distinct rows (unit rows [m, d]); None for one row."""
+    m = emb.shape[0]
+    if m < 2:
+        return None
+    sims = emb @ emb.T
+    return float((sims.sum() - sims.diagonal().sum()) / (m * (m - 1)))
