@@ -133,7 +133,22 @@ def test_config_checks():
     assert "data.resolution" in dict(DreamBoothRun.check_config(bad))
     bad = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="tiny:sd15"))
     assert "model.name" in dict(DreamBoothRun.check_config(bad))
+    bad = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, class_prompt="a photo of {token} {cls}")
+    )
+    assert "data.class_prompt" in dict(DreamBoothRun.check_config(bad))
     assert DreamBoothRun.check_config(cfg) == []
+
+
+@needs_data
+def test_missing_subject_or_class_is_an_error_naming_the_file(tmp_path):
+    cfg = config("smoke", "lora-r4", "dog")
+    missing = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task="corgi"))
+    with pytest.raises(ValueError, match="prompts_and_classes.txt: subject 'corgi' has no class row"):
+        DreamBoothRun.check_data(missing)
+    named = dataclasses.replace(missing, data=dataclasses.replace(missing.data, class_name="dog"))
+    with pytest.raises(FileNotFoundError, match="dataset/corgi .*subjects there: backpack, cat, dog, vase"):
+        DreamBoothRun.check_data(named)
 
 
 # --- the loop, every method ---------------------------------------------------------------------------------------

@@ -166,6 +166,16 @@ class DreamBoothRun(Family):
         ):
             if "{cls}" not in template:
                 problems.append((key, f"must contain {{cls}}, got {template!r}"))
+        if "{token}" in d.class_prompt:
+            problems.append(
+                ("data.class_prompt", f"is the class prior: it takes no {{token}}, got {d.class_prompt!r}")
+            )
+        if cfg.model.gradient_checkpointing:
+            # the loop calls transformers' gradient_checkpointing_enable(); diffusers' UNet names it
+            # enable_gradient_checkpointing()
+            problems.append(
+                ("model.gradient_checkpointing", "not supported for the diffusers UNet by the loop yet")
+            )
         if d.prior_loss_weight < 0:
             problems.append(("data.prior_loss_weight", f"must be >= 0, got {d.prior_loss_weight}"))
         return problems
@@ -203,9 +213,8 @@ class DreamBoothRun(Family):
         self.pixels = torch.stack([p for p, _ in pairs])  # [n, 3, R, R] in [-1, 1]
         self.sizes = torch.stack([s for _, s in pairs])  # [n, 4]: original (h, w), crop (top, left)
         self.dtype = getattr(torch, cfg.model.dtype)
-        self.run_seed = (
-            torch.initial_seed()
-        )  # the loop seeds torch with the run's seed before building the family
+        # the run's seed (grid file names): the loop seeds torch with it before building the family
+        self.run_seed = torch.initial_seed()
         self._frozen: Frozen | None = None
         self._frozen_device: Any = None
         self._embeds: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -457,7 +466,7 @@ class DreamBoothRun(Family):
         path = root / self.cfg.name / self.subject / f"seed{self.run_seed}_lr{lr_tag(self.cfg.train.lr)}.png"
         labels = [p for p, _ in jobs[:: e.images_per_prompt]]
         save_grid(images, path, cols=e.images_per_prompt, labels=labels)
-        return str(path)
+        return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
     def identity(self) -> dict[str, Any]:
         m, e = self.cfg.model, self.cfg.eval
