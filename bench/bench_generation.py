@@ -28,7 +28,7 @@ import torch
 # The tiny model and tokenizer are the ones the tests prove batch-invariant; reuse them rather than a copy.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.commonsense_llm.generation import GenerationResult, evaluate_generation  # noqa: E402
-from tests.test_commonsense_causal import tiny_causal_lm  # noqa: E402
+from tests.helpers import tiny_causal_lm  # noqa: E402
 
 TARGET_SPEEDUP = 8.0
 

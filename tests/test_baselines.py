@@ -21,7 +21,7 @@ from baselines import (
 )
 from baselines import base as baselines_base
 from baselines.lora import Lora
-from tests.conftest import tiny_bert, tiny_llama
+from tests.helpers import tiny_bert, tiny_llama
 
 BERT_TARGETS = [
     "query",

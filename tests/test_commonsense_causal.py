@@ -9,7 +9,6 @@ The helpers at the top are plain functions so bench/bench_generation.py can reus
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,101 +31,10 @@ from experiments.commonsense_llm.prompts import (
     tokenize_for_training,
     validation_split,
 )
+from tests.helpers import ScriptedModel, fixture_examples, tiny_causal_lm, train_tiny
 
 FIXTURES = Path(__file__).parent / "fixtures" / "commonsense"
 I16 = " " * 16
-
-
-# --------------------------------------------------------------------------------------------------
-# Tiny model and tokenizer (shared with bench/bench_generation.py)
-
-
-def fixture_examples() -> list[Example]:
-    """The 24 fixture test items, 3 per task, in TASKS order."""
-    return [ex for task in TASKS for ex in load_examples(task, task_file(task, "test", FIXTURES))]
-
-
-def build_tokenizer(texts: Sequence[str], vocab_size: int = 700) -> Any:
-    """A byte-level BPE trained on ``texts``, wrapped as a LLaMA-like fast tokenizer without a pad token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    # LLaMA prepends BOS to every encoded text.
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-
-
-def build_tiny_llama(vocab_size: int, seed: int = 0) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def _pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows])
-
-
-def train_tiny(
-    model: Any, tokenizer: Any, examples: Sequence[Example], steps: int = 30, lr: float = 1e-2
-) -> Any:
-    """Full-batch AdamW on the answers only, so the tiny model learns to say "the correct answer is X"."""
-    rows = [
-        tokenize_for_training(
-            tokenizer, {"instruction": e.instruction, "output": e.output}, train_on_inputs=False
-        )
-        for e in examples
-    ]
-    input_ids = _pad_right([r["input_ids"] for r in rows], 0)
-    attention_mask = _pad_right([r["attention_mask"] for r in rows], 0)
-    labels = _pad_right([r["labels"] for r in rows], IGNORE_INDEX)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval()
-
-
-def tiny_causal_lm(train_steps: int = 30, seed: int = 0) -> tuple[Any, Any, list[Example]]:
-    """(model, tokenizer, examples): a 2-layer LLaMA trained briefly on the fixture items."""
-    examples = fixture_examples()
-    texts = [
-        build_prompt(e.instruction, e.input, e.output, template=t)
-        for e in examples
-        for t in ("train", "eval")
-    ]
-    tokenizer = build_tokenizer(texts)
-    model = build_tiny_llama(len(tokenizer), seed=seed)
-    if train_steps:
-        train_tiny(model, tokenizer, examples, steps=train_steps)
-    return model, tokenizer, examples
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -412,33 +320,6 @@ def test_pad_token_fallbacks(tiny_lm) -> None:
     with pytest.raises(ValueError):
         pad_token_id(Tok(None, None, None))
     assert pad_token_id(tokenizer) == 0
-
-
-class ScriptedModel(torch.nn.Module):
-    """A stand-in for a causal LM whose generate() appends fixed text per prompt; checks the padding."""
-
-    def __init__(self, tokenizer: Any, replies: dict[str, str]) -> None:
-        super().__init__()
-        self.tokenizer, self.replies = tokenizer, replies
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.generation_config = type("GC", (), {"eos_token_id": tokenizer.eos_token_id})()
-        self.batch_sizes: list[int] = []
-
-    def generate(
-        self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config: Any
-    ) -> Any:
-        self.batch_sizes.append(input_ids.shape[0])
-        rows = []
-        for ids, mask in zip(input_ids, attention_mask, strict=True):
-            n_pad = int((mask == 0).sum())
-            assert mask[n_pad:].all() and not mask[:n_pad].any()  # pads on the left only
-            assert (ids[:n_pad] == generation_config.pad_token_id).all()
-            prompt = self.tokenizer.decode(ids[n_pad:], skip_special_tokens=True)
-            reply = next(r for key, r in self.replies.items() if key in prompt)
-            new = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            rows.append(ids.tolist() + new)
-        width = max(map(len, rows))  # finished rows are padded after EOS, as generate() does
-        return torch.tensor([r + [generation_config.pad_token_id] * (width - len(r)) for r in rows])
 
 
 def test_scoring_both_extraction_rules_from_one_generation(tiny_lm) -> None:

@@ -15,7 +15,7 @@ from experiments.config import EXPERIMENTS_ROOT, load_experiment, read_yaml, wit
 from experiments.profiles import load_profile
 from experiments.results import read_record, validate_record
 from experiments.train import run
-from tests.test_commonsense_causal import ScriptedModel, build_tiny_llama, build_tokenizer, fixture_examples
+from tests.helpers import ScriptedModel, build_tiny_llama, build_tokenizer, fixture_examples
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 

@@ -9,7 +9,7 @@ import torch
 
 import loradash
 from loradash import LoraDashConfig, dash_layers, get_loradash_model, update_loradash
-from tests.conftest import tiny_bert
+from tests.helpers import tiny_bert
 
 
 @pytest.mark.parametrize(

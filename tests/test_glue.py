@@ -24,7 +24,13 @@ from experiments.results import validate_record
 from experiments.train import run
 
 # rows and labels of the shared files (../shared/data/glue/README.md)
-SIZES = {"cola": (8551, 1043), "sst2": (67349, 872), "mrpc": (3668, 408), "rte": (2490, 277), "stsb": (5749, 1500)}
+SIZES = {
+    "cola": (8551, 1043),
+    "sst2": (67349, 872),
+    "mrpc": (3668, 408),
+    "rte": (2490, 277),
+    "stsb": (5749, 1500),
+}
 
 
 @pytest.mark.parametrize("task", sorted(SIZES))
@@ -40,7 +46,10 @@ def test_real_files_parse_with_the_official_counts(task):
     if task == "mrpc":  # the header's byte-order mark does not leak into the data
         assert sum(e.label for e in train) == 2474 and not train[0].texts[0].startswith("\ufeff")
     if task == "stsb":
-        assert isinstance(dev[0].label, float) and 0 <= min(e.label for e in dev) <= max(e.label for e in dev) <= 5
+        assert (
+            isinstance(dev[0].label, float)
+            and 0 <= min(e.label for e in dev) <= max(e.label for e in dev) <= 5
+        )
 
 
 @pytest.mark.parametrize(
@@ -49,7 +58,11 @@ def test_real_files_parse_with_the_official_counts(task):
         ("sst2", "sentence\tlabel\na fine film\t1\nbad\t2\n", r"train.tsv:3: label: '2' is not one of 0..1"),
         ("sst2", "sentence\tlabel\na fine film\n", r"train.tsv:2: <row>: 1 tab-separated fields, expected 2"),
         ("rte", "index\ts1\ts2\tlabel\n0\tA.\tB.\tmaybe\n", r"train.tsv:2: label: 'maybe' is not one of"),
-        ("stsb", "h\th\th\th\th\th\th\th\th\th\n0\tg\tf\ty\to\ts\ts\tA\tB\tfive\n", r"train.tsv:2: label: not a number"),
+        (
+            "stsb",
+            "h\th\th\th\th\th\th\th\th\th\n0\tg\tf\ty\to\ts\ts\tA\tB\tfive\n",
+            r"train.tsv:2: label: not a number",
+        ),
         ("stsb", "h\th\th\th\th\th\th\th\th\th\n0\tg\tf\ty\to\ts\ts\tA\tB\t7.5\n", r"outside \[0, 5\]"),
         ("cola", "gj04\t1\t\t  \n", r"train.tsv:1: column 3: empty text"),
         ("sst2", "sentence\tlabel\n", r"train.tsv:1: <file>: no data rows"),
@@ -98,7 +111,10 @@ def test_metrics_are_glues():
     assert m["f1"] == pytest.approx(0.75) and m["glue_score"] == pytest.approx((0.75 + 4 / 6) / 2)
     s = task_metrics("stsb", np.array([0.0, 1.0, 2.0, 5.0]), np.array([0.1, 0.9, 2.5, 3.0]))
     assert s["spearman"] == pytest.approx(1.0) and s["glue_score"] == pytest.approx((s["pearson"] + 1) / 2)
-    assert task_metrics("sst2", y, p) == {"accuracy": pytest.approx(4 / 6), "glue_score": pytest.approx(4 / 6)}
+    assert task_metrics("sst2", y, p) == {
+        "accuracy": pytest.approx(4 / 6),
+        "glue_score": pytest.approx(4 / 6),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from experiments import sweep as sweep_mod
 from experiments import train as train_mod
 from experiments.config import ConfigError, family_dir, list_experiments, load_experiment
 from experiments.profiles import list_profiles, load_profile
-from experiments.results import read_record, run_path, validate_record
 from experiments.registry import available_families, get_family
+from experiments.results import read_record, run_path, validate_record
 from experiments.tables import write_tables
 
 FAMILIES = tuple(available_families())
@@ -112,7 +112,7 @@ def test_unknown_method_lists_known():
 
 
 def test_impossible_rank_is_a_clear_error():
-    from tests.conftest import tiny_bert
+    from tests.helpers import tiny_bert
 
     with pytest.raises(ValueError, match="query"):
         build_method("lora", r=4096).wrap(tiny_bert(), target_modules=["query"])
@@ -330,7 +330,17 @@ def test_cli_list_run_skip_and_tables(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_mod, "train_and_evaluate", fake_train)
     assert main(["list", "--profile", "smoke", "--results-dir", str(tmp_path)]) == 0
     assert "0/6 complete" in capsys.readouterr().out
-    args = ["run", "--profile", "smoke", "--experiment", "lora-r1", "--lr", "1e-3", "--results-dir", str(tmp_path)]
+    args = [
+        "run",
+        "--profile",
+        "smoke",
+        "--experiment",
+        "lora-r1",
+        "--lr",
+        "1e-3",
+        "--results-dir",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     path = run_path(tmp_path, "smoke", "commonsense", "lora-r1", 0, 1e-3)
     before = path.read_text()

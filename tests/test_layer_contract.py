@@ -10,15 +10,7 @@ from peft import LoraConfig, get_peft_model
 
 import loradash
 from loradash import LoraDashConfig, dash_layers, get_loradash_model, update_loradash
-from tests.conftest import tiny_bert, tiny_llama
-
-BERT_TARGETS = ["query", "key", "value", "dense"]
-
-
-def dash_config(**kw):
-    base = dict(r=4, lora_alpha=8, target_modules=BERT_TARGETS, num_directions=3, prelaunch_steps=2)
-    base.update(kw)
-    return LoraDashConfig(**base)
+from tests.helpers import BERT_TARGETS, dash_config, tiny_bert, tiny_llama, train_steps
 
 
 def lora_config(**kw):
@@ -29,19 +21,6 @@ def lora_config(**kw):
 
 def launched(model) -> list[bool]:
     return [m.is_launched(a) for _, m, a in dash_layers(model)]
-
-
-def train_steps(model, batch, steps, *, micro_batches=1, lr=1e-2, on_step=None):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    for step in range(1, steps + 1):
-        for _ in range(micro_batches):
-            model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if on_step:
-            on_step(step)
-    return opt
 
 
 def test_prelaunch_matches_peft_lora_outputs_and_grads(batch):

@@ -10,8 +10,7 @@ from peft import PeftModel
 
 import loradash
 from loradash import LoraDashConfig, dash_layers, get_loradash_model, update_loradash
-from tests.conftest import tiny_bert, tiny_llama
-from tests.test_layer_contract import dash_config, train_steps
+from tests.helpers import dash_config, tiny_bert, tiny_llama, train_steps
 
 
 def trained_dash(batch, *, steps=4, launch_at=2, **kw):

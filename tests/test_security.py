@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 import loradash
 from loradash import LoraDashConfig, SVDCache, get_loradash_model, launch_loradash
-from tests.conftest import tiny_bert
+from tests.helpers import tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("loradash", "baselines", "experiments", "bench")

@@ -8,34 +8,16 @@ import pytest
 
 from experiments import stats
 from experiments.glue.metrics import batch_scores, task_metrics
-
-
-def mean_correct(task, items, idx):
-    return np.asarray(items["correct"], float)[idx].mean(axis=1)
-
-
-def simulate_tables(rng, *, effects, n_items=200, k=5, n_tasks=2, sd_seed=0.015, sd_item=0.05):
-    """Correctness of several experiments on the same items: p = base_i + effect + v_{m,i} + u_{m,s}, where
-    base_i is the item's difficulty (shared), v an item x method effect (the test set is a sample, so the
-    difference on it is noisy) and u a seed effect. The true difference of two experiments is the difference
-    of their `effects` (v and u have mean 0 in the population)."""
-    tables = {name: {} for name in effects}
-    for t in range(n_tasks):
-        base = rng.uniform(0.3, 0.7, n_items)
-        v = {name: rng.normal(0, sd_item, n_items) for name in effects}
-        for s in range(k):
-            for name, effect in effects.items():
-                p = np.clip(base + effect + v[name] + rng.normal(0, sd_seed), 0, 1)
-                y = (rng.random(n_items) < p).astype(int)
-                tables[name].setdefault(f"t{t}", {})[s] = {"ids": np.arange(n_items), "correct": y}
-    return tables
+from tests.helpers import mean_correct, simulate_tables
 
 
 def score(tables, rng, n_boot=200):
     tasks = stats.check_alignment(tables)
     n = {t: len(next(iter(tables.values()))[t][0]["ids"]) for t in tasks}
     idx = stats.boot_indices(n, n_boot=n_boot, seed=int(rng.integers(1 << 30)))
-    return {name: stats.score_experiment(tab, tasks, idx, mean_correct, 100.0) for name, tab in tables.items()}
+    return {
+        name: stats.score_experiment(tab, tasks, idx, mean_correct, 100.0) for name, tab in tables.items()
+    }
 
 
 def test_interval_of_a_difference_covers_the_truth_95_percent():
@@ -116,5 +98,8 @@ def test_vectorised_glue_scores_equal_sklearn_and_scipy(task):
     np.testing.assert_allclose(fast, slow, atol=1e-9)
     # degenerate resamples: a constant prediction scores 0 in both paths
     const = np.zeros(n, dtype=p.dtype)
-    np.testing.assert_allclose(batch_scores(task, y, const, idx[:3]), [
-        task_metrics(task, y[row], const[row])["glue_score"] for row in idx[:3]], atol=1e-9)
+    np.testing.assert_allclose(
+        batch_scores(task, y, const, idx[:3]),
+        [task_metrics(task, y[row], const[row])["glue_score"] for row in idx[:3]],
+        atol=1e-9,
+    )

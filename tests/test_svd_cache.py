@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 import loradash
 from loradash import LoraDashConfig, SVDCache, dash_layers, get_loradash_model, launch_loradash
 from loradash.svd_cache import SVD_CACHE_ENV, weight_key
-from tests.conftest import tiny_bert
+from tests.helpers import tiny_bert
 
 TARGETS = ["query", "key", "value", "dense"]
 

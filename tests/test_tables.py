@@ -8,7 +8,7 @@ import pytest
 
 from experiments import stats
 from experiments.tables import Claim, judge, pareto
-from tests.test_stats import mean_correct, simulate_tables
+from tests.helpers import mean_correct, simulate_tables
 
 
 def scores_for(effects, *, seed=0, **kw):
@@ -17,7 +17,9 @@ def scores_for(effects, *, seed=0, **kw):
     tasks = stats.check_alignment(tables)
     n = {t: len(tables[next(iter(tables))][t][0]["ids"]) for t in tasks}
     idx = stats.boot_indices(n, n_boot=300)
-    return {name: stats.score_experiment(tab, tasks, idx, mean_correct, 100.0) for name, tab in tables.items()}
+    return {
+        name: stats.score_experiment(tab, tasks, idx, mean_correct, 100.0) for name, tab in tables.items()
+    }
 
 
 SAME_RANK = Claim("same-rank", "dash beats lora", "superiority", "dash", "lora")
