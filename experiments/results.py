@@ -6,8 +6,8 @@ import hashlib
 import json
 import math
 import os
-import re
 import platform
+import re
 import resource
 import subprocess
 import tempfile
@@ -42,7 +42,17 @@ COMPLETE_FIELDS = {
     "peak_memory_mib": float,
     "diagnostics": dict,
 }
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "lm_eval", "scikit_learn", "scipy", "loradash")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "lm_eval",
+    "scikit_learn",
+    "scipy",
+    "loradash",
+)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -105,7 +115,9 @@ def read_record(path: Path) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptRecordError(f"corrupt run record {path}: {e}; move it away to rerun that run") from e
     if not isinstance(rec, dict):
-        raise CorruptRecordError(f"corrupt run record {path}: not a JSON object; move it away to rerun that run")
+        raise CorruptRecordError(
+            f"corrupt run record {path}: not a JSON object; move it away to rerun that run"
+        )
     return rec
 
 
@@ -130,12 +142,18 @@ def validate_record(record: dict[str, Any], primary_metric: str | None = None) -
                 problems.append(f"test.{key} missing")
         metric = primary_metric or test.get("primary_metric")
         if primary_metric and test.get("primary_metric") not in (None, primary_metric):
-            problems.append(f"test.primary_metric is {test.get('primary_metric')!r}, expected {primary_metric!r}")
+            problems.append(
+                f"test.primary_metric is {test.get('primary_metric')!r}, expected {primary_metric!r}"
+            )
         if not test.get("per_task"):
             problems.append("test.per_task is empty")
         for task, r in test.get("per_task", {}).items():
             items = r.get("items")
-            if not isinstance(r.get(metric), (int, float)) or not isinstance(items, dict) or "ids" not in items:
+            if (
+                not isinstance(r.get(metric), (int, float))
+                or not isinstance(items, dict)
+                or "ids" not in items
+            ):
                 problems.append(f"test.per_task.{task} incomplete (needs {metric}, n and items.ids)")
                 continue
             if any(len(v) != r.get("n") for v in items.values()):
@@ -218,3 +236,14 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def model_identity(name: str, path: str) -> dict[str, Any]:
+    """A model's identity for a record: hub ids by name; local folders by content (sharded giants: names only)."""
+    local = Path(path)
+    weights = sorted(local.glob("*.safetensors")) if local.is_dir() else []
+    return {
+        "name": name,
+        "path": path,
+        "weights_sha256": {p.name: file_sha256(p) for p in weights} if len(weights) <= 2 else "sharded",
+    }

@@ -40,7 +40,9 @@ N_BOOT = 2000
 
 # task -> seed -> {"ids": [...], <arrays>}: the per-item arrays of one experiment's runs
 ItemTable = dict[str, dict[int, dict[str, np.ndarray]]]
-TaskScores = Callable[[str, Mapping[str, np.ndarray], np.ndarray], np.ndarray]  # (task, items, idx[B, n]) -> [B]
+TaskScores = Callable[
+    [str, Mapping[str, np.ndarray], np.ndarray], np.ndarray
+]  # (task, items, idx[B, n]) -> [B]
 
 
 class AlignmentError(ValueError):
@@ -100,13 +102,19 @@ class ExperimentScores:
 
 
 def score_experiment(
-    table: ItemTable, tasks: Sequence[str], idx: Mapping[str, np.ndarray], task_scores: TaskScores, scale: float
+    table: ItemTable,
+    tasks: Sequence[str],
+    idx: Mapping[str, np.ndarray],
+    task_scores: TaskScores,
+    scale: float,
 ) -> ExperimentScores:
     seeds = sorted(set.intersection(*(set(table[t]) for t in tasks)))
     if not seeds:
         raise ValueError("no seed was run on every task")
     full = {t: np.arange(len(table[t][seeds[0]]["ids"]))[None, :] for t in tasks}
-    per_seed_task = {t: scale * np.array([task_scores(t, table[t][s], full[t])[0] for s in seeds]) for t in tasks}
+    per_seed_task = {
+        t: scale * np.array([task_scores(t, table[t][s], full[t])[0] for s in seeds]) for t in tasks
+    }
     boot_task = {t: scale * np.stack([task_scores(t, table[t][s], idx[t]) for s in seeds]) for t in tasks}
     return ExperimentScores(
         seeds=seeds,
@@ -177,7 +185,9 @@ def _interaction(boot: np.ndarray) -> float:
     return max(0.0, (b2 - b1) * k / (k - 1))
 
 
-def difference(a: ExperimentScores, b: ExperimentScores, level: float = 0.95, task: str | None = None) -> Interval:
+def difference(
+    a: ExperimentScores, b: ExperimentScores, level: float = 0.95, task: str | None = None
+) -> Interval:
     """Interval of score(a) - score(b): paired by seed when both ran the same seeds, items always paired."""
     pa = a.per_seed if task is None else a.per_seed_task[task]
     pb = b.per_seed if task is None else b.per_seed_task[task]

@@ -42,7 +42,9 @@ CLAIM_KINDS = ("superiority", "non-inferiority")
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
-def load_runs(profile: Profile, results_dir: Path) -> tuple[dict[str, list[dict]], dict[Key, Any], list[dict]]:
+def load_runs(
+    profile: Profile, results_dir: Path
+) -> tuple[dict[str, list[dict]], dict[Key, Any], list[dict]]:
     """Complete, current records at each (experiment, task)'s chosen rate, grouped by experiment; the choices;
     and every record (for the log)."""
     configs = load_configs(profile)
@@ -112,7 +114,9 @@ def summarize(fam: type[Family], runs: Mapping[str, list[dict]], n_boot: int = s
     any_table = next(iter(tables.values()))
     n_by_task = {t: len(next(iter(any_table[t].values()))["ids"]) for t in tasks}
     idx = stats.boot_indices(n_by_task, n_boot=n_boot)
-    scores = {name: stats.score_experiment(tab, tasks, idx, fam.task_scores, 100.0) for name, tab in tables.items()}
+    scores = {
+        name: stats.score_experiment(tab, tasks, idx, fam.task_scores, 100.0) for name, tab in tables.items()
+    }
     rows = []
     for name, recs in runs.items():
         iv = stats.interval(scores[name], LEVEL)
@@ -151,7 +155,12 @@ def judge(claims: list[Claim], margin: float, scores: Mapping[str, stats.Experim
     power_rows = {}
     for ref, small in powers:
         iv = stats.difference(scores[ref], scores[small], level)
-        power_rows[(ref, small)] = {"bigger": ref, "smaller": small, **iv.as_dict(), "has_power": bool(iv.low > 0)}
+        power_rows[(ref, small)] = {
+            "bigger": ref,
+            "smaller": small,
+            **iv.as_dict(),
+            "has_power": bool(iv.low > 0),
+        }
     out = []
     for c in active:
         iv = stats.difference(scores[c.treatment], scores[c.reference], level)
@@ -164,9 +173,14 @@ def judge(claims: list[Claim], margin: float, scores: Mapping[str, stats.Experim
             verdict, reason = "inconclusive", "fewer than 2 seeds: seed-to-seed noise cannot be estimated"
         p = power_rows.get((c.reference, c.power)) if c.power else None
         if c.power and verdict == "supported" and (p is None or not p["has_power"]):
-            verdict, reason = "inconclusive", (
-                f"no power: {c.reference} is not itself better than {c.power} here, so matching it shows nothing"
-                if p is not None else f"no power check: {c.power} was not run")
+            verdict, reason = (
+                "inconclusive",
+                (
+                    f"no power: {c.reference} is not itself better than {c.power} here, so matching it shows nothing"
+                    if p is not None
+                    else f"no power check: {c.power} was not run"
+                ),
+            )
         out.append({"claim": c.__dict__, **iv.as_dict(), "verdict": verdict, "reason": reason})
     skipped = [c.id for c in claims if c not in active]
     return {"level": level, "tests": m, "margin": margin, "claims": out, "power": list(power_rows.values()),
@@ -190,7 +204,9 @@ def _paper(family: str) -> dict[str, Any]:
     return load_yaml_or_empty(family_dir(family) / "paper.yaml")
 
 
-def write_tables(family: str, profile_name: str, results_dir: str | Path, n_boot: int = stats.N_BOOT) -> list[Path]:
+def write_tables(
+    family: str, profile_name: str, results_dir: str | Path, n_boot: int = stats.N_BOOT
+) -> list[Path]:
     results_dir = Path(results_dir)
     profile = load_profile(family, profile_name)
     fam = get_family(family)
@@ -225,7 +241,9 @@ def write_tables(family: str, profile_name: str, results_dir: str | Path, n_boot
     _plot(fam, rows, scores, tasks, out_dir / "score_vs_params.png", f"{family} / {profile.name}")
     summary = {"rows": rows, "verdict": {**judged, "overall": overall(judged)}, "tasks": tasks,
                "chosen_lr": {key_label(k): v for k, v in chosen.items()}}  # fmt: skip
-    _write(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True, default=_json_default) + "\n")
+    _write(
+        out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True, default=_json_default) + "\n"
+    )
     return [*written, *(out_dir / n for n in ("table.md", "table.csv", "verdict.md", "score_vs_params.png",
                                               "summary.json"))]  # fmt: skip
 
@@ -255,9 +273,9 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs) -> str:
         + ", ".join(f"{t} {len(next(iter(stats.item_table(runs[rows[0]['experiment']])[t].values()))['ids'])}"
                     for t in tasks) + ".",
         "",
-        f"[95% CI]: seed-aware interval (seed-to-seed variance + test-item bootstrap, t with Satterthwaite df; "
-        f"experiments/stats.py). seed sd: standard deviation of the per-seed scores. Trainable parameters exclude "
-        f"the head (classifier, trained by every method), shown apart.",
+        "[95% CI]: seed-aware interval (seed-to-seed variance + test-item bootstrap, t with Satterthwaite df; "
+        "experiments/stats.py). seed sd: standard deviation of the per-seed scores. Trainable parameters exclude "
+        "the head (classifier, trained by every method), shown apart.",
         "",
         "| experiment | trainable | head | seeds | score [95% CI] | seed sd | " + " | ".join(tasks)
         + (f" | paper avg ({paper_model}) |" if pm else " |"),
@@ -280,7 +298,11 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs) -> str:
         lines += ["", "## Method diagnostics (mean over the runs)", "", "| experiment | " + " | ".join(keys) + " |",
                   "|---|" + "---:|" * len(keys)]  # fmt: skip
         for r in diag_rows:
-            lines.append(f"| {r['experiment']} | " + " | ".join(_fmt(r["diagnostics"].get(k), ".3g") for k in keys) + " |")
+            lines.append(
+                f"| {r['experiment']} | "
+                + " | ".join(_fmt(r["diagnostics"].get(k), ".3g") for k in keys)
+                + " |"
+            )
     lines += ["", "## Learning rates chosen on the validation split", ""]
     for key, c in sorted(chosen.items(), key=lambda kv: key_label(kv[0])):
         lines.append(f"- {key_label(key)}: " + ("tuning incomplete" if c is None else f"{c['lr']:g} ({c['metric']}: "
@@ -309,7 +331,10 @@ def _verdict_md(fam, profile, rows, judged, header) -> str:
     if not judged["claims"]:
         lines.append("| - | no claim has both experiments in this profile | - | - | - |")
     if judged["skipped"]:
-        lines += ["", "Not judged (an experiment is not in this profile): " + ", ".join(judged["skipped"]) + "."]
+        lines += [
+            "",
+            "Not judged (an experiment is not in this profile): " + ", ".join(judged["skipped"]) + ".",
+        ]
     lines += ["", "## Power: does the bigger reference beat the smaller LoRA here?", "",
               "| bigger | smaller | difference (points) | interval | power |", "|---|---|---|---|---|"]  # fmt: skip
     for p in judged["power"]:
@@ -332,7 +357,9 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both fewer parameters and a higher score."""
     keep = []
     for i, (x, y) in enumerate(points):
-        if not any((x2 <= x and y2 > y) or (x2 < x and y2 >= y) for j, (x2, y2) in enumerate(points) if j != i):
+        if not any(
+            (x2 <= x and y2 > y) or (x2 < x and y2 >= y) for j, (x2, y2) in enumerate(points) if j != i
+        ):
             keep.append(i)
     return sorted(keep, key=lambda i: points[i][0])
 
@@ -356,9 +383,13 @@ def _plot(fam, rows, scores, tasks, path: Path, title: str) -> None:
             pts.append((x, iv.estimate))
             ax.errorbar([x], [iv.estimate], yerr=[[iv.estimate - iv.low], [iv.high - iv.estimate]], marker="o",
                         capsize=3, color=colors[r["method"]], label=r["method"])  # fmt: skip
-            ax.annotate(r["experiment"], (x, iv.estimate), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                r["experiment"], (x, iv.estimate), fontsize=6, xytext=(3, 3), textcoords="offset points"
+            )
         front = pareto(pts)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=0.8, label="Pareto frontier")
+        ax.plot(
+            [pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=0.8, label="Pareto frontier"
+        )
         chance = [fam.chance[t] for t in ([task] if task else tasks) if t in fam.chance]
         if task is None and len(chance) == len(tasks) or task is not None and chance:
             ax.axhline(100 * float(np.mean(chance)), color="grey", lw=0.8, ls=":", label="chance")
@@ -380,7 +411,11 @@ def _write_log(every: list[dict], path: Path, profile: str, family: str) -> Path
              "| finished (UTC) | experiment | task | seed | lr | status | score | wall time | commit |",
              "|---|---|---|---:|---:|---|---:|---:|---|"]  # fmt: skip
     for r in sorted(every, key=lambda r: (r.get("finished_at") or r.get("started_at", ""), r["_path"])):
-        score = f"{100 * r['test']['score']:.1f}" if r.get("status") == "complete" and "score" in r.get("test", {}) else "-"
+        score = (
+            f"{100 * r['test']['score']:.1f}"
+            if r.get("status") == "complete" and "score" in r.get("test", {})
+            else "-"
+        )
         git = r.get("provenance", {}).get("git", {})
         commit = (git.get("commit") or "?")[:8] + ("+dirty" if git.get("dirty") else "")
         err = f" ({r['error'][:60]})" if r.get("error") else ""

@@ -47,7 +47,9 @@ def compare(old: dict[str, Any], new: dict[str, Any], family: str) -> dict[str, 
     )  # fmt: skip
     n = {t: len(tables["committed"][t][old["seed"]]["ids"]) for t in tasks}
     idx = stats.boot_indices(n)
-    a, b = (stats.score_experiment(tables[k], tasks, idx, fam.task_scores, 100.0) for k in ("rerun", "committed"))
+    a, b = (
+        stats.score_experiment(tables[k], tasks, idx, fam.task_scores, 100.0) for k in ("rerun", "committed")
+    )
     iv = stats.difference(a, b)
     return {"experiment": old["experiment"], "task": old.get("task"), "seed": old["seed"], "lr": old["lr"],
             "identical_predictions": identical, "committed": float(b.per_seed.mean()),
@@ -71,7 +73,9 @@ def verify(family: str, profile_name: str, results_dir: Path, scratch: Path, *, 
         cfg = load_experiment(family, old["experiment"], profile_overrides=profile.overrides,
                               profile_source=profile.source, method_overrides=profile.method_overrides, task=task,
                               task_overrides=(profile.tasks or {}).get(task) if task else None)  # fmt: skip
-        new = run(cfg, seed=old["seed"], lr=old["lr"], profile=profile.name, results_dir=scratch, progress=progress)
+        new = run(
+            cfg, seed=old["seed"], lr=old["lr"], profile=profile.name, results_dir=scratch, progress=progress
+        )
         row = compare(old, new, family)
         row["config_unchanged"] = new["config_hash"] == old.get("config_hash")
         out.append(row)
@@ -79,7 +83,10 @@ def verify(family: str, profile_name: str, results_dir: Path, scratch: Path, *, 
 
 
 def report(rows: list[dict[str, Any]]) -> str:
-    lines = ["| run | committed | rerun | difference [95% CI, items] | predictions | config |", "|---|---:|---:|---|---|---|"]
+    lines = [
+        "| run | committed | rerun | difference [95% CI, items] | predictions | config |",
+        "|---|---:|---:|---|---|---|",
+    ]
     for r in rows:
         name = r["experiment"] + (f"/{r['task']}" if r["task"] else "") + f" seed {r['seed']} lr {r['lr']:g}"
         lines.append(f"| {name} | {r['committed']:.2f} | {r['rerun']:.2f} | {r['difference']:+.2f} "

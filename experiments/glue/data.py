@@ -138,7 +138,9 @@ def load_tsv(task: str, path: str | Path) -> list[GlueExample]:
         line = i + start + 1  # 1-based line number in the file
         if len(row) not in s.n_fields:
             expected = " or ".join(map(str, s.n_fields))
-            raise GlueFormatError(path, line, "<row>", f"{len(row)} tab-separated fields, expected {expected}")
+            raise GlueFormatError(
+                path, line, "<row>", f"{len(row)} tab-separated fields, expected {expected}"
+            )
         texts = tuple(row[c] for c in s.text_columns)
         for c, t in zip(s.text_columns, texts, strict=True):
             if not t.strip():
@@ -182,4 +184,6 @@ def load_hub_split(task: str, split: str, *, path: str = HUB_ID, data_files: Any
 def rows_in_hub_schema(task: str, examples: Iterable[GlueExample]) -> list[dict[str, Any]]:
     """The inverse of `convert_hub_row` (for tests and for writing local mirrors)."""
     s = spec(task)
-    return [{**dict(zip(s.text_fields, e.texts, strict=True)), "label": e.label, "idx": e.id} for e in examples]
+    return [
+        {**dict(zip(s.text_fields, e.texts, strict=True)), "label": e.label, "idx": e.id} for e in examples
+    ]

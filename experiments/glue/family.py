@@ -35,7 +35,7 @@ from experiments.glue.data import (
 )
 from experiments.glue.metrics import batch_scores, task_metrics
 from experiments.registry import Family, Metric, register_family
-from experiments.results import REPO_ROOT, file_sha256
+from experiments.results import REPO_ROOT, file_sha256, model_identity
 
 
 @dataclass(frozen=True)
@@ -68,15 +68,19 @@ def _subset(items: list[GlueExample], n: int | None, seed: str) -> list[GlueExam
 def load_splits(d: GlueData) -> tuple[list[GlueExample], list[GlueExample], list[GlueExample], list[Path]]:
     """(train, validation, test, files read). Validation is carved out of train; test is the dev set."""
     if d.source == "hub":
-        pool, test, files = load_hub_split(d.task, "train", path=d.hub_path), load_hub_split(
-            d.task, "test", path=d.hub_path
-        ), []
+        pool, test, files = (
+            load_hub_split(d.task, "train", path=d.hub_path),
+            load_hub_split(d.task, "test", path=d.hub_path),
+            [],
+        )
     else:
         data_dir = _resolve_dir(d.data_dir)
         files = [task_file(d.task, "train", data_dir), task_file(d.task, "test", data_dir)]
         pool, test = load_tsv(d.task, files[0]), load_tsv(d.task, files[1])
     if len(pool) <= d.val_examples:
-        raise ValueError(f"GLUE {d.task}: {len(pool)} training examples cannot spare data.val_examples={d.val_examples}")
+        raise ValueError(
+            f"GLUE {d.task}: {len(pool)} training examples cannot spare data.val_examples={d.val_examples}"
+        )
     order = list(range(len(pool)))
     random.Random(d.split_seed).shuffle(order)
     val = [pool[i] for i in sorted(order[: d.val_examples])]
@@ -86,11 +90,15 @@ def load_splits(d: GlueData) -> tuple[list[GlueExample], list[GlueExample], list
     return train, val, test, files
 
 
-def collate(tokenizer, examples: list[GlueExample], *, max_seq_len: int, regression: bool) -> dict[str, torch.Tensor]:
+def collate(
+    tokenizer, examples: list[GlueExample], *, max_seq_len: int, regression: bool
+) -> dict[str, torch.Tensor]:
     texts = [e.texts for e in examples]
     firsts = [t[0] for t in texts]
     seconds = [t[1] for t in texts] if len(texts[0]) > 1 else None
-    enc = tokenizer(firsts, seconds, padding=True, truncation=True, max_length=max_seq_len, return_tensors="pt")
+    enc = tokenizer(
+        firsts, seconds, padding=True, truncation=True, max_length=max_seq_len, return_tensors="pt"
+    )
     batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     dtype = torch.float32 if regression else torch.long
     batch["labels"] = torch.tensor([e.label for e in examples], dtype=dtype)
@@ -163,7 +171,9 @@ class GlueRun(Family):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or self.model_path)
-        self._collate = partial(collate, self.tokenizer, max_seq_len=d.max_seq_len, regression=self.regression)
+        self._collate = partial(
+            collate, self.tokenizer, max_seq_len=d.max_seq_len, regression=self.regression
+        )
 
     @property
     def num_train(self) -> int:
@@ -243,19 +253,15 @@ class GlueRun(Family):
         }
 
     def identity(self) -> dict[str, Any]:
-        local = Path(self.model_path)
-        weights = sorted(local.glob("*.safetensors")) if local.is_dir() else []
         return {
-            "model": {
-                "name": self.cfg.model.name,
-                "path": self.model_path,
-                "weights_sha256": {p.name: file_sha256(p) for p in weights} if len(weights) <= 2 else "sharded",
-            },
+            "model": model_identity(self.cfg.model.name, self.model_path),
             "data": {
                 "task": self.task,
                 "source": self.cfg.data.source,
-                "files": {p.name if not p.parent.name else f"{p.parent.name}/{p.name}": file_sha256(p)
-                          for p in self.data_files},  # fmt: skip
+                "files": {
+                    p.name if not p.parent.name else f"{p.parent.name}/{p.name}": file_sha256(p)
+                    for p in self.data_files
+                },  # fmt: skip
                 "n_train": len(self.train),
                 "n_val": len(self.val),
                 "n_test": {self.task: len(self.test)},
