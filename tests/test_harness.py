@@ -124,19 +124,30 @@ N_ITEMS = 40
 
 
 def fake_items(family: str, task: str, quality: float, seed: int) -> dict:
-    """Per-item arrays in the family's own format, with about `quality` of the items right."""
+    """Per-item arrays in the family's own format (the first of the known layouts its `task_score` reads),
+    with about `quality` of the items right."""
     rng = np.random.default_rng(seed)
     right = rng.random(N_ITEMS) < quality
     ids = list(range(N_ITEMS))
-    if get_family(family).primary_metric == "accuracy":
-        return {"ids": ids, "correct": right.astype(int).tolist()}
-    labels = (np.arange(N_ITEMS) % 2).tolist()
+    fam = get_family(family)
     if task == "stsb":
         labels = np.linspace(0, 5, N_ITEMS).round(2).tolist()
         preds = [y if r else 5 - y for y, r in zip(labels, right, strict=True)]
     else:
+        labels = (np.arange(N_ITEMS) % 2).tolist()
         preds = [y if r else 1 - y for y, r in zip(labels, right, strict=True)]
-    return {"ids": ids, "labels": labels, "predictions": preds}
+    layouts = [
+        {"ids": ids, "correct": right.astype(int).tolist()},
+        {"ids": ids, "labels": labels, "predictions": preds},
+        {"ids": ids, fam.primary_metric: np.where(right, 0.9, 0.1).tolist()},
+    ]
+    for items in layouts:
+        try:
+            fam.task_score(task, {k: np.asarray(v) for k, v in items.items()})
+        except KeyError:
+            continue
+        return items
+    raise AssertionError(f"no known item layout for {family}")
 
 
 def fake_result(cfg, seed, *, test_best_lr=1e-4, val_best_lr=1e-3):
