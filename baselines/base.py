@@ -196,6 +196,17 @@ class Method(abc.ABC):
                     f"({layer.out_features} x {layer.in_features}): r must be <= min(out, in) = {k}"
                 )
 
+    def check_run(
+        self, layers: Sequence[tuple[str, nn.Linear]], *, total_steps: int, micro_batches_per_step: int = 1
+    ) -> None:
+        """Reject hyper-parameters a run cannot honour, before any run starts (ValueError naming the problem).
+
+        `layers` are the target layers (on the meta device: shapes only), `total_steps` the run's optimizer
+        steps, `micro_batches_per_step` its gradient-accumulation micro-batches. Default: the rank check of
+        `wrap`. A method whose hyper-parameters depend on the schedule (LoRA-Dash's t) extends it."""
+        if self.rank is not None and layers:
+            self.fit_rank(layers)
+
     def _replace_params(self, **changes: Any) -> None:
         """Record a hyper-parameter decided at wrap time (e.g. a capped rank) so results show what ran."""
         warnings.warn(f"{self.name}: {changes} set from the model at wrap time", stacklevel=3)
@@ -208,6 +219,16 @@ class Method(abc.ABC):
     def on_optimizer_step(self, model: nn.Module, global_step: int) -> None:
         """Called by the loop after every optimizer step with the number of steps done; no-op by default."""
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the method object itself keeps across optimizer steps (JSON-serialisable), saved with a run's
+        checkpoint; its tensors live in the model and are saved with it. Empty by default."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict()` when a run resumes from a checkpoint."""
+        if state:
+            raise ValueError(f"{self.name} keeps no state, got {sorted(state)}")
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         """The optimizer's parameter groups (every trainable parameter at `lr` by default). A method with

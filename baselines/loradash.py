@@ -76,6 +76,36 @@ class LoraDash(Lora):
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": scalars, "lr": lr * self.params["lambda_lr_ratio"]}]
 
+    def check_run(
+        self, layers: Sequence[tuple[str, nn.Linear]], *, total_steps: int, micro_batches_per_step: int = 1
+    ) -> None:
+        """s must fit every target layer (s <= min(out, in)) and the launch must come while training: t < the
+        run's optimizer steps (optimizer-step clock) or its training forward calls (forward-call clock)."""
+        super().check_run(layers, total_steps=total_steps, micro_batches_per_step=micro_batches_per_step)
+        s = self.params["num_directions"]
+        for name, layer in layers:
+            k = min(layer.out_features, layer.in_features)
+            if s > k:
+                raise ValueError(
+                    f"{self.name}: num_directions (s) = {s} exceeds min(out, in) = {k} of target layer {name!r} "
+                    f"({layer.out_features} x {layer.in_features})"
+                )
+        t = self.params["prelaunch_steps"]
+        if self.params["prelaunch_clock"] == "forward_call":
+            calls = total_steps * micro_batches_per_step
+            if t >= calls:
+                raise ValueError(f"{self.name}: prelaunch_steps (t) = {t} forward calls, but the run trains on "
+                                 f"{calls}: the directions would never train")  # fmt: skip
+        elif t >= total_steps:
+            raise ValueError(f"{self.name}: prelaunch_steps (t) = {t} must be < the run's {total_steps} optimizer "
+                             "steps (the launch would come after training)")  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"launched_at": dict(self._launched_at)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._launched_at = {str(k): int(v) for k, v in state.get("launched_at", {}).items()}
+
     def on_optimizer_step(self, model: nn.Module, global_step: int) -> None:
         loradash.update_loradash(model, global_step)  # launches every layer once global_step reaches t
         # Record when each layer actually launched (the forward-call clock launches inside a forward pass).
@@ -117,8 +147,10 @@ class LoraDash(Lora):
         }
         note = None
         if room is not None and room < 1:
-            note = (f"dash room {room:.2g} < 1: with Adam each scalar moves by about its learning rate per step at "
-                    "most, so the dash term can barely act (the paper's runs allow about 6)")
+            note = (
+                f"dash room {room:.2g} < 1: with Adam each scalar moves by about its learning rate per step at "
+                "most, so the dash term can barely act (the paper's runs allow about 6)"
+            )
         return {
             "summary": summary,
             "note": note,
