@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ from peft import PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .config import LoraDashConfig
@@ -150,7 +151,10 @@ def from_pretrained(
     directory = os.fspath(directory)
     if kwargs.get("subfolder"):  # peft's hub-style argument: read config and weights from the same folder
         directory = os.path.join(directory, kwargs.pop("subfolder"))
-    config = LoraDashConfig.load(directory)
+    try:
+        config = LoraDashConfig.load(directory)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{os.path.join(directory, 'adapter_config.json')} is not valid JSON ({e})") from e
     if svd_cache_dir is not None:
         config.svd_cache_dir = os.fspath(svd_cache_dir)
     weights = os.path.join(directory, SAFETENSORS_WEIGHTS_NAME)
@@ -162,6 +166,11 @@ def from_pretrained(
             "since unpickling can run arbitrary code. Convert a checkpoint you trust with "
             "safetensors.torch.save_file(torch.load(path, weights_only=True), ...)."
         )
+    try:  # a truncated or overwritten file: say which, before peft fails on it with a bare header error
+        with safe_open(weights, framework="pt") as f:
+            f.keys()
+    except SafetensorError as e:
+        raise ValueError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {e}") from e
     config = _register(config)
     config.inference_mode = not is_trainable
     model = PeftModel.from_pretrained(
