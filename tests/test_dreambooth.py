@@ -215,6 +215,20 @@ def test_methods_side_by_side(tiny_runs, tmp_path):
         assert im.size == (4 * 2 * 128, 16 + 5 * (128 + 14))
 
 
+@needs_data
+def test_fp16_weights_train_and_generate(tmp_path):
+    """The paper keeps the frozen weights in fp16 (the adapter's own parameters stay fp32): the same path with
+    fp16 weights on the CPU (autocast, the GPU half of the paper's layout, needs a GPU)."""
+    from experiments.train import run
+
+    cfg = config("smoke", "loradash-r4", "dog", model={"dtype": "float16"}, eval={"max_prompts": 2})
+    rec = run(cfg, seed=0, lr=1e-3, profile="smoke", results_dir=tmp_path, progress=False)
+    assert rec["status"] == "complete" and np.isfinite(rec["validation_curve"][-1]["val_loss"])
+    assert rec["diagnostics"]["launched_layers"] == rec["diagnostics"]["num_layers"] > 0
+    run_ = DreamBoothRun(cfg)
+    assert run_.build_model().dtype == torch.float16 and run_.frozen("cpu").vae.dtype == torch.float16
+
+
 # --- the adapter at inference -------------------------------------------------------------------------------------
 
 

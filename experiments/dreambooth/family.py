@@ -423,6 +423,7 @@ class DreamBoothRun(Family):
         base = self.build_model().to(device)
         base_drift = self.draw(base, drift_jobs, device)  # before loading: peft injects into `base`
         loaded = self.reload(model, device, base=base)
+        del base  # full fine-tuning loads a new UNet: the base copy can go
         unet = unet_of(loaded)
         images = self.draw(unet, jobs, device)
         drift_images = self.draw(unet, drift_jobs, device)

@@ -79,6 +79,7 @@ TINY_VAE: dict[
     "latent_channels": 4,
     "norm_num_groups": 4,
     "sample_size": 64,
+    "force_upcast": False,  # as the paper's fp16-fix VAE: decodes in fp16 (SDXL's own VAE is upcast to fp32)
 }
 TINY_SCHEDULER: dict[str, Any] = {  # SDXL's scheduler config (scaled-linear betas, epsilon prediction)
     "beta_start": 0.00085,
