@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 DEFAULT_RESULTS = os.environ.get("RESULTS_DIR", "results")
 
@@ -47,6 +48,13 @@ def _int_at_least(minimum: int):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake in one line (its default prints the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def _common(p: argparse.ArgumentParser, *, profile: bool = True) -> None:
     p.add_argument("--family", default="commonsense")
     if profile:
@@ -56,7 +64,7 @@ def _common(p: argparse.ArgumentParser, *, profile: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__)
+    parser = _Parser(prog="python -m experiments", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_run = sub.add_parser("run", help="train and evaluate one (experiment, task, seed, lr)")
@@ -70,29 +78,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_sweep = sub.add_parser("sweep", help="run every missing or stale run of a profile (resumable)")
     _common(p_sweep)
-    p_sweep.add_argument("--jobs", type=_int_at_least(1), default=None, help="parallel runs (default: the profile's)")
+    p_sweep.add_argument(
+        "--jobs", type=_int_at_least(1), default=None, help="parallel runs (default: the profile's)"
+    )
     p_sweep.add_argument("--no-progress", action="store_true")
+    p_sweep.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local processes, or one SLURM job per run through submitit (experiments/accelerate/README.md)",
+    )
 
     p_list = sub.add_parser("list", help="the plan of a profile: which runs exist, are missing or stale")
     _common(p_list)
-    p_list.add_argument("--estimate", action="store_true", help="add GPU memory and GPU-hours (full-scale models)")
+    p_list.add_argument(
+        "--estimate", action="store_true", help="add GPU memory and GPU-hours (full-scale models)"
+    )
 
     p_tables = sub.add_parser("tables", help="regenerate tables, plots and the verdict from the run records")
     _common(p_tables)
 
-    p_budget = sub.add_parser("budget", help="ranks of other methods at 1x, 8x, 16x a method's parameter count")
+    p_budget = sub.add_parser(
+        "budget", help="ranks of other methods at 1x, 8x, 16x a method's parameter count"
+    )
     _common(p_budget, profile=False)
     p_budget.add_argument("--method", default="loradash")
     p_budget.add_argument("--rank", type=_int_at_least(1), default=1)
-    p_budget.add_argument("--experiment", default=None, help="take the model and targets from this experiment")
+    p_budget.add_argument(
+        "--experiment", default=None, help="take the model and targets from this experiment"
+    )
 
-    p_verify = sub.add_parser("verify", help="rerun a sample of committed runs into a scratch folder and compare")
+    p_verify = sub.add_parser(
+        "verify", help="rerun a sample of committed runs into a scratch folder and compare"
+    )
     _common(p_verify)
-    p_verify.add_argument("--scratch", type=Path, default=None, help="where reruns go (default: a temp folder)")
+    p_verify.add_argument(
+        "--scratch", type=Path, default=None, help="where reruns go (default: a temp folder)"
+    )
     p_verify.add_argument("-n", type=_int_at_least(1), default=2, help="how many runs (default 2)")
-    p_verify.add_argument("--experiment", action="append", default=None, help="rerun these first (repeatable)")
+    p_verify.add_argument(
+        "--experiment", action="append", default=None, help="rerun these first (repeatable)"
+    )
 
-    p_analyze = sub.add_parser("analyze", help="task-specific-direction analysis -> <results>/<profile>/<family>/analysis")
+    p_analyze = sub.add_parser(
+        "analyze", help="task-specific-direction analysis -> <results>/<profile>/<family>/analysis"
+    )
     _common(p_analyze)
     p_analyze.add_argument("--train", action="store_true", help="also train (full FT vs LoRA picks; minutes)")
 
@@ -118,13 +148,14 @@ def _is_user_error(e: Exception) -> bool:
     from experiments.config import ConfigError
     from experiments.registry import UnknownFamilyError
 
+    # FloatingPointError: a run diverged (non-finite loss); its record says "failed" and the next sweep retries it.
     return isinstance(e, (UsageError, ConfigError, UnknownFamilyError, UnknownMethodError, FileNotFoundError,
-                          UnicodeDecodeError)) or type(e).__name__ in ("DataFormatError", "GlueFormatError",
-                                                                      "CorruptRecordError")  # fmt: skip
+                          UnicodeDecodeError, FloatingPointError)) or type(e).__name__ in (
+        "DataFormatError", "GlueFormatError", "CorruptRecordError")  # fmt: skip
 
 
 def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
+    return " ".join(" ".join([str(e), *getattr(e, "__notes__", ())]).split())
 
 
 def _check_task(family: str, task: str | None, profile) -> None:
@@ -132,19 +163,22 @@ def _check_task(family: str, task: str | None, profile) -> None:
 
     if get_family(family).one_task_per_run:
         if task is None:
-            raise UsageError(f"{family} runs one task per run: pass --task (one of: {', '.join(profile.task_list)})")
+            raise UsageError(
+                f"{family} runs one task per run: pass --task (one of: {', '.join(profile.task_list)})"
+            )
         if task not in profile.task_list:
-            raise UsageError(f"task {task!r} is not in profile {profile.name} (known: {', '.join(profile.task_list)})")
+            raise UsageError(
+                f"task {task!r} is not in profile {profile.name} (known: {', '.join(profile.task_list)})"
+            )
     elif task is not None:
         raise UsageError(f"{family} scores every task in each run; it takes no --task")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from baselines import build_method
         from experiments.config import load_experiment
+        from experiments.preflight import preflight
         from experiments.profiles import load_profile
-        from experiments.registry import get_family
         from experiments.results import read_record, run_path
         from experiments.train import run
 
@@ -159,12 +193,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             task=args.task,
             task_overrides=(profile.tasks or {}).get(args.task) if args.task else None,
         )
-        try:
-            build_method(cfg.method.name, **cfg.method.params)
-        except ValueError as e:
-            raise UsageError(f"{cfg.sources[-1]}: method: {e}") from e
-        get_family(args.family).check_data(cfg)
-        path = run_path(args.results_dir, profile.name, args.family, args.experiment, args.seed, args.lr, args.task)
+        preflight([cfg])  # method, data, model and schedule, before anything trains
+        path = run_path(
+            args.results_dir, profile.name, args.family, args.experiment, args.seed, args.lr, args.task
+        )
         existing = read_record(path)
         if existing and existing.get("status") == "complete" and not args.force:
             print(f"complete already: {path} (use --force to rerun)")
@@ -175,7 +207,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "sweep":
         from experiments.sweep import sweep
 
-        summary = sweep(args.family, args.profile, args.results_dir, jobs=args.jobs, progress=not args.no_progress)
+        summary = sweep(
+            args.family,
+            args.profile,
+            args.results_dir,
+            jobs=args.jobs,
+            progress=not args.no_progress,
+            executor=args.executor,
+        )
         failed = summary["tune"]["failed"] + summary["final"]["failed"]
         return 1 if failed else 0
     elif args.command == "list":
@@ -220,7 +259,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from experiments.verify import report, verify
 
         scratch = args.scratch or Path(tempfile.mkdtemp(prefix="loradash-verify-"))
-        rows = verify(args.family, args.profile, args.results_dir, scratch, n=args.n, experiments=args.experiment)
+        rows = verify(
+            args.family, args.profile, args.results_dir, scratch, n=args.n, experiments=args.experiment
+        )
         text = report(rows)
         (scratch / "verify.md").write_text(text)
         print(text + f"reruns and report in {scratch}")

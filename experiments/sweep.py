@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from baselines import build_method
+from experiments.cli import UsageError
 from experiments.config import ExperimentConfig, config_hash, load_experiment, with_overrides
+from experiments.preflight import preflight
 from experiments.profiles import Profile, load_profile
 from experiments.registry import get_family
-from experiments.results import read_record, run_path, write_atomic
+from experiments.results import iter_records, read_record, run_path, write_atomic
 
 Key = tuple[str, str | None]  # (experiment, task); task is None for families that score every task per run
 
@@ -102,9 +104,7 @@ def best_validation(rec: dict[str, Any]) -> float:
     return [p[metric] for p in rec["validation_curve"] if p["step"] == rec["best_step"]][0]
 
 
-def choose_lr(
-    profile: Profile, key: Key, cfg: ExperimentConfig, results_dir: Path
-) -> dict[str, Any] | None:
+def choose_lr(profile: Profile, key: Key, cfg: ExperimentConfig, results_dir: Path) -> dict[str, Any] | None:
     """The grid rate with the best mean validation metric over the tuning seeds (ties: the smaller rate); the
     test set is never read. None while a tuning run of this (experiment, task) is not complete and current."""
     sign = 1.0 if get_family(profile.family).higher_is_better(cfg.train.selection_metric) else -1.0
@@ -171,6 +171,49 @@ def _subprocess(profile: Profile, results_dir: Path) -> Executor:
     return execute
 
 
+def _job(argv: list[str]) -> None:
+    """One run in a cluster job (module level, so that submitit can pickle it by reference)."""
+    from experiments.cli import main
+
+    code = main(argv)
+    if code:
+        raise RuntimeError(f"`python -m experiments {' '.join(argv)}` exited {code}")
+
+
+def _slurm(
+    profile: Profile, configs: dict[Key, ExperimentConfig], results_dir: Path, cluster: str | None
+) -> Executor:
+    """One SLURM job per run through submitit: GPUs, memory and time from the family's estimate for the run
+    (`list --estimate`; CPU-sized runs ask for no GPU), logs in `<results>/<profile>/<family>/slurm/`. The job
+    runs `python -m experiments run`, so it writes its record (or a failed one) in the shared results folder.
+    `cluster`: submitit's name ("slurm" by default on a cluster; "local" or "debug" in tests)."""
+    try:
+        import submitit
+    except ImportError:
+        raise UsageError("--executor slurm needs submitit: pip install 'loradash[bench]'") from None
+    fam = get_family(profile.family)
+
+    def execute(r: PlannedRun) -> None:
+        est = fam.estimate(configs[(r.experiment, r.task)]) or {}
+        hours = float(est.get("gpu_hours") or 1.0)
+        executor = submitit.AutoExecutor(folder=results_dir / profile.name / profile.family / "slurm",
+                                         cluster=cluster)  # fmt: skip
+        executor.update_parameters(
+            name=f"{profile.family}-{key_label((r.experiment, r.task))}-s{r.seed}",
+            timeout_min=max(10, round(hours * 60 * 1.5)),  # the estimate is rough: half again as much
+            gpus_per_node=1 if est else 0,
+            mem_gb=max(16, round(float(est.get("memory_gb") or 0) * 1.5)),
+            cpus_per_task=8 if est else 2,
+        )
+        argv = ["run", "--family", profile.family, "--profile", profile.name, "--experiment", r.experiment,
+                "--seed", str(r.seed), "--lr", repr(r.lr), "--results-dir", str(results_dir), "--no-progress"]  # fmt: skip
+        if r.task is not None:
+            argv += ["--task", r.task]
+        executor.submit(_job, argv).result()  # waits; a failed job raises (its record says why)
+
+    return execute
+
+
 def execute_runs(
     runs: list[PlannedRun], executor: Executor, jobs: int, log: Callable[[str], None]
 ) -> dict[str, int]:
@@ -208,26 +251,35 @@ def sweep(
     jobs: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    executor: str = "local",
+    cluster: str | None = None,
 ) -> dict[str, Any]:
-    """Tune (grid x tune seeds), choose each rate on validation, then run the other seeds."""
+    """Tune (grid x tune seeds), choose each rate on validation, then run the other seeds. `executor`: "local"
+    (this process, or `jobs` subprocesses) or "slurm" (one cluster job per run through submitit, every missing
+    run of a stage submitted at once; `cluster` is submitit's cluster name)."""
+    if executor not in ("local", "slurm"):
+        raise UsageError(f"unknown executor {executor!r} (known: local, slurm)")
     results_dir = Path(results_dir)
     profile = load_profile(family, profile_name)
     configs = load_configs(profile)
-    for cfg in {c.data: c for c in configs.values()}.values():
-        get_family(family).check_data(cfg)  # missing or malformed data fails before any run starts
+    preflight(configs.values())  # methods, data, model and schedule are checked before any run starts
+    for path in iter_records(results_dir / profile.name / family):
+        read_record(path)  # a corrupt record stops the sweep now, not after the runs before it in the plan
     jobs = profile.jobs if jobs is None else jobs
-    executor = (
-        _in_process(profile, configs, results_dir, progress)
-        if jobs <= 1
-        else _subprocess(profile, results_dir)
-    )
-    summary = {"tune": execute_runs(tune_plan(profile, configs, results_dir), executor, jobs, log)}
+    if executor == "slurm":
+        execute = _slurm(profile, configs, results_dir, cluster)
+        jobs = 256  # the cluster queues them: every missing run of a stage is submitted at once
+    elif jobs <= 1:
+        execute = _in_process(profile, configs, results_dir, progress)
+    else:
+        execute = _subprocess(profile, results_dir)
+    summary = {"tune": execute_runs(tune_plan(profile, configs, results_dir), execute, jobs, log)}
     final, chosen = final_plan(profile, configs, results_dir)
     write_atomic(
         selected_lr_path(results_dir, profile),
         {"profile": profile.name, "selected": {key_label(k): v for k, v in chosen.items()}},
     )
-    summary["final"] = execute_runs(final, executor, jobs, log)
+    summary["final"] = execute_runs(final, execute, jobs, log)
     log(f"sweep {family}/{profile_name}: {json.dumps(summary)}")
     return summary
 
