@@ -58,6 +58,9 @@ class TrainConfig:
     eval_batch_size: int = 32
     selection_metric: str = "val_loss"  # one of the family's validation metrics (direction from the family)
     num_threads: int | None = None  # torch CPU threads; None = torch's default
+    # save the run's state every this many optimizer steps to `<record>.ckpt/` and resume from it after a kill
+    # (experiments/checkpoint.py); None: off. How a run executes, not what it computes: not in the config hash.
+    checkpoint_every: int | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,9 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def check_positive(values: dict[str, int | float | None], *, allow_none: bool = False) -> list[tuple[str, str]]:
+def check_positive(
+    values: dict[str, int | float | None], *, allow_none: bool = False
+) -> list[tuple[str, str]]:
     """(key, problem) for every value < 1 (or None unless allowed)."""
     out = []
     for key, v in values.items():
@@ -208,6 +213,7 @@ def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
         "train.eval_every": t.eval_every,
         "train.eval_batch_size": t.eval_batch_size,
     })  # fmt: skip
+    problems += check_positive({"train.checkpoint_every": t.checkpoint_every}, allow_none=True)
     if t.lr <= 0:
         problems.append(("train.lr", f"must be > 0, got {t.lr}"))
     if t.batch_size % t.grad_accum:

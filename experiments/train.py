@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from baselines import build_method
+from experiments import checkpoint as ckpt
 from experiments.config import ExperimentConfig, config_hash, with_overrides
 from experiments.registry import get_family
 from experiments.results import (
@@ -39,19 +40,32 @@ def _cycle(loader: Any) -> Iterator[Any]:
         yield from loader
 
 
-def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _selected(curve: list[dict[str, float]], step: int | None, metric: str) -> float:
+    return next(p[metric] for p in curve if p["step"] == step)
+
+
+def _snapshot(model: torch.nn.Module, *, clone: bool = True) -> dict[str, torch.Tensor]:
     """What the best checkpoint must hold: every trainable parameter and every buffer (LoRA-Dash's U, Vh and
-    launch flag are buffers), copied."""
+    launch flag are buffers), copied (or not, for a checkpoint that copies them to the CPU itself)."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n for n, _ in model.named_buffers()}
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in trainable or k in buffers}
+    return {k: v.detach().clone() if clone else v.detach() for k, v in model.state_dict().items()
+            if k in trainable or k in buffers}  # fmt: skip
 
 
 def train_and_evaluate(
-    cfg: ExperimentConfig, *, seed: int, profile: str, progress: bool = True
+    cfg: ExperimentConfig,
+    *,
+    seed: int,
+    profile: str,
+    progress: bool = True,
+    checkpoint: Path | None = None,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train one run and return the record fields of a complete run."""
-    from accelerate import Accelerator
+    """Train one run and return the record fields of a complete run. With `checkpoint` (a folder) and
+    `train.checkpoint_every`, the run's state is saved there every that many optimizer steps, and a run that
+    finds a checkpoint of its own config there resumes from it (experiments/checkpoint.py)."""
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
@@ -63,7 +77,13 @@ def train_and_evaluate(
     # Runs of one in-process sweep may differ in mixed precision; the process-level state is kept.
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum)
+    # split_batches: the batch of an optimizer step is split over the processes, so that N processes train on
+    # the batches (and step the schedule once per step) as one process does; with one process nothing changes.
+    accelerator = Accelerator(
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation_steps=t.grad_accum,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
     family = get_family(cfg.family)(cfg)
     max_steps = t.max_steps or (t.epochs or 0) * math.ceil(family.num_train / t.batch_size)
     method = build_method(cfg.method.name, **cfg.method.params)
@@ -84,20 +104,40 @@ def train_and_evaluate(
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup, max_steps)
     else:
         scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
-    loader = family.train_loader(seed, t.batch_size // t.grad_accum)
+    micro_batch = t.batch_size // t.grad_accum
+    if micro_batch % accelerator.num_processes:
+        raise ValueError(
+            f"a micro-batch of {micro_batch} cannot be split over {accelerator.num_processes} processes"
+        )
+    loader = family.train_loader(seed, micro_batch)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     raw_model = accelerator.unwrap_model(model)
 
-    curve: list[dict[str, float]] = []
-    lrs: list[float] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     sign = 1.0 if type(family).higher_is_better(t.selection_metric) else -1.0
-    step, examples, t0 = 0, 0, time.perf_counter()
-    bar = tqdm(total=max_steps, disable=not progress, desc=f"{cfg.name} s{seed} lr{t.lr:g}", mininterval=5)
+    done = ckpt.Progress()
+    best_state: dict[str, torch.Tensor] | None = None
+    every = t.checkpoint_every if checkpoint is not None else None
+    owner = {"config_hash": config_hash(cfg, dict(method.params)), "seed": seed, "lr": t.lr}
+    restored = ckpt.load(checkpoint, owner) if every else None
     batches = _cycle(loader)
+    if restored is not None:
+        ckpt.restore(restored, model=raw_model, optimizer=optimizer, scheduler=scheduler,
+                     accelerator=accelerator, method=method)  # fmt: skip
+        done, best_state = restored.progress, restored.best_state
+        for _ in range(done.micro_batches):  # the loader's generator advances as it did (epochs included)
+            next(batches)
+        ckpt.restore_rng(restored)  # after the fast-forward: dropout continues where it stopped
+        log(f"  resuming {cfg.name} seed={seed} lr={t.lr:g} from step {done.step} ({checkpoint})")
+    step, examples, curve, lrs = done.step, done.examples, done.curve, done.lrs
+    best = None if best_state is None else (sign * _selected(curve, done.best_step, t.selection_metric),
+                                            done.best_step, best_state)  # fmt: skip
+    t0 = time.perf_counter() - done.train_time_s
+    bar = tqdm(total=max_steps, initial=step, disable=not progress, desc=f"{cfg.name} s{seed} lr{t.lr:g}",
+               mininterval=5)  # fmt: skip
     model.train()
     while step < max_steps:
         batch = next(batches)
+        done.micro_batches += 1
         lr_now = optimizer.param_groups[0]["lr"]  # the rate this optimizer step uses
         with accelerator.accumulate(model):
             loss = family.loss(model, batch)
@@ -109,7 +149,7 @@ def train_and_evaluate(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        examples += family.batch_size_of(batch)
+        examples += family.batch_size_of(batch) * accelerator.num_processes
         if not accelerator.sync_gradients:
             continue
         lrs.append(lr_now)  # lrs[i] is the rate of step i + 1
@@ -124,6 +164,12 @@ def train_and_evaluate(
             if best is None or score > best[0]:
                 best = (score, step, _snapshot(raw_model))
             model.train()
+        if every and step % every == 0 and step < max_steps and accelerator.is_main_process:
+            done.step, done.examples, done.train_time_s = step, examples, time.perf_counter() - t0
+            done.best_step = None if best is None else best[1]
+            ckpt.save(checkpoint, owner=owner, progress=done, model_state=_snapshot(raw_model, clone=False),  # type: ignore[arg-type]
+                      best_state=None if best is None else best[2], optimizer=optimizer, scheduler=scheduler,
+                      accelerator=accelerator, method=method)  # fmt: skip
     bar.close()
     train_time = time.perf_counter() - t0
     assert best is not None
@@ -131,7 +177,10 @@ def train_and_evaluate(
     test = family.evaluate_test(model, accelerator.device)
     fam = type(family)
     scores = [r[fam.primary_metric] for r in test["per_task"].values()]
-    test |= {"primary_metric": fam.primary_metric, "score": sum(scores) / len(scores)}  # unweighted over tasks
+    test |= {
+        "primary_metric": fam.primary_metric,
+        "score": sum(scores) / len(scores),
+    }  # unweighted over tasks
     diagnostics = method.diagnostics(raw_model, lrs=lrs, best_step=best[1])
     return {
         "param_counts": {
@@ -183,8 +232,13 @@ def run(
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     t0 = time.perf_counter()
+    main = _is_main_process()  # under `accelerate launch` every process trains; one writes
+    # Checkpointing is opt-in (train.checkpoint_every); the keyword is passed only then, so a stand-in for
+    # train_and_evaluate (tests) needs no checkpoint argument.
+    ckpt_dir = ckpt.checkpoint_dir(path)
+    resume = {"checkpoint": ckpt_dir} if cfg.train.checkpoint_every else {}
     try:
-        record |= train_and_evaluate(cfg, seed=seed, profile=profile, progress=progress)
+        record |= train_and_evaluate(cfg, seed=seed, profile=profile, progress=progress, **resume)
         record["status"] = "complete"
         record["wall_time_s"] = time.perf_counter() - t0
         record["peak_memory_mib"] = peak_memory_mib()
@@ -194,7 +248,8 @@ def run(
             raise RuntimeError(f"run record for {path} does not match the schema: {problems}")
     except KeyboardInterrupt:
         record |= {"status": "interrupted", "wall_time_s": time.perf_counter() - t0}
-        write_atomic(path, record)
+        if main:
+            write_atomic(path, record)
         raise
     except Exception as e:
         # Only the fields every record has survive into a failed record (a half-filled result would mislead).
@@ -205,7 +260,17 @@ def run(
             "traceback": traceback.format_exc(),
             "wall_time_s": time.perf_counter() - t0,
         }
-        write_atomic(path, record)
+        if main:
+            write_atomic(path, record)
+        e.add_note(f"(run recorded as failed in {path})")
         raise
-    write_atomic(path, record)
+    if main:
+        write_atomic(path, record)
+        ckpt.remove(ckpt_dir)  # the record is complete: its checkpoint has served
     return record
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
