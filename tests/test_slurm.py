@@ -1,0 +1,42 @@
+"""`sweep --executor slurm`: one submitit job per run, records in the shared results folder, a rerun submits only
+what is missing. Tested with submitit's in-process "debug" cluster (skipped where submitit is not installed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments import sweep as sweep_mod
+from experiments import train as train_mod
+from experiments.results import read_record
+from tests.test_harness import fake_train, n_planned
+
+submitit = pytest.importorskip("submitit")
+
+
+def test_sweep_submits_one_job_per_missing_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "train_and_evaluate", fake_train)
+    jobs: list[list[str]] = []
+    job = sweep_mod._job
+
+    def counted(argv):
+        jobs.append(argv)
+        return job(argv)
+
+    monkeypatch.setattr(sweep_mod, "_job", counted)
+    quiet = {"progress": False, "log": lambda s: None, "executor": "slurm", "cluster": "debug"}
+    summary = sweep_mod.sweep("commonsense", "smoke", tmp_path, **quiet)
+    n = n_planned("commonsense")
+    assert summary["tune"] == {"skipped": 0, "complete": n, "failed": 0} and len(jobs) == n
+    assert len({tuple(a) for a in jobs}) == n  # one job per run
+    for row in sweep_mod.plan_status("commonsense", "smoke", tmp_path):
+        assert row["status"] == "complete" and read_record(__import__("pathlib").Path(row["path"]))
+    (tmp_path / "smoke" / "commonsense" / "lora-r1" / "seed0_lr1e-3.json").unlink()
+    again = sweep_mod.sweep("commonsense", "smoke", tmp_path, **quiet)
+    assert again["tune"] == {"skipped": n - 1, "complete": 1, "failed": 0} and len(jobs) == n + 1
+
+
+def test_unknown_executor_is_a_users_mistake(tmp_path):
+    from experiments.cli import UsageError
+
+    with pytest.raises(UsageError, match="unknown executor 'pbs'"):
+        sweep_mod.sweep("commonsense", "smoke", tmp_path, executor="pbs")
