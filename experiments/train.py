@@ -271,6 +271,8 @@ def run(
 
 
 def _is_main_process() -> bool:
-    from accelerate import PartialState
+    """Rank 0 of a launch (or no launch), read from the launcher's environment: initialising accelerate's state
+    here, before the run's Accelerator, would fix its settings (e.g. `ACCELERATE_USE_CPU`) too early."""
+    from accelerate.utils import get_int_from_env
 
-    return PartialState().is_main_process
+    return get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0) == 0
