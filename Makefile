@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 # torch into .venv first (any 2.13/2.14 release satisfies pyproject's range) or pass TORCH="torch==2.13.0 ...".
 TORCH ?= torch==2.13.0
 PROFILE ?= cpu
-# every family with the profile, unless FAMILY names one (make reproduce FAMILY=glue)
-FAMILIES ?= glue commonsense
+# every family that has the profile (found by the registry), unless FAMILY names one (make reproduce FAMILY=glue);
+# expanded when a recipe runs, after `setup` has built the venv
 FAMILY ?=
-RUN_FAMILIES := $(if $(FAMILY),$(FAMILY),$(FAMILIES))
+RUN_FAMILIES = $(if $(FAMILY),$(FAMILY),$(shell $(EXP) families --with-profile $(PROFILE) --names))
 RESULTS_DIR ?= results
 EXP := $(BIN)/python -m experiments
 

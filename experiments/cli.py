@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_fam = sub.add_parser("families", help="the experiment families, their metrics and profiles")
     p_fam.add_argument("--debug", action="store_true")
+    p_fam.add_argument("--with-profile", default=None, help="only the families that have this profile")
+    p_fam.add_argument("--names", action="store_true", help="print the names only (for scripts)")
     return parser
 
 
@@ -274,7 +276,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from experiments.profiles import list_profiles
         from experiments.registry import available_families, get_family
 
-        for name in available_families():
+        names = [n for n in available_families() if args.with_profile in (None, *list_profiles(n))]
+        if args.names:
+            print(" ".join(names))
+            return 0
+        for name in names:
             fam = get_family(name)
             metrics = ", ".join(f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)"
                                 for m in fam.metrics.values())  # fmt: skip

@@ -57,13 +57,15 @@ def load_runs(
             every.append(rec)
     chosen = {key: choose_lr(profile, key, cfg, results_dir) for key, cfg in configs.items()}
     runs: dict[str, list[dict]] = {}
+    # Runs of models with random weights (tiny test models) are checks of the code, never findings.
+    findings = [r for r in every if not r.get("identity", {}).get("model", {}).get("random_weights")]
     for (name, task), choice in chosen.items():
         if choice is None:
             continue
         from experiments.sweep import planned_hash
 
         want = planned_hash(configs[(name, task)], choice["lr"])
-        recs = [r for r in every if r["experiment"] == name and r.get("task") == task and r.get("status") == "complete"
+        recs = [r for r in findings if r["experiment"] == name and r.get("task") == task and r.get("status") == "complete"
                 and r["lr"] == choice["lr"] and r["seed"] in profile.seeds and r.get("config_hash") == want]  # fmt: skip
         runs.setdefault(name, []).extend(sorted(recs, key=lambda r: r["seed"]))
     return {k: v for k, v in runs.items() if v}, chosen, every
@@ -216,8 +218,11 @@ def write_tables(
     written = [_write_log(every, out_dir / "LOG.md", profile.name, family)]
     if not runs:
         note = out_dir / "table.md"
-        _write(note, f"# {family} / {profile.name}\n\nNo complete runs at a chosen learning rate yet: run "
-                     f"`make reproduce FAMILY={family} PROFILE={profile.name}`.\n")  # fmt: skip
+        random = sum(bool(r.get("identity", {}).get("model", {}).get("random_weights")) for r in every)
+        why = (f"its {random} run record(s) are of models with random weights (checks of the code, not findings)"
+               if random else "no complete runs at a chosen learning rate yet")  # fmt: skip
+        _write(note, f"# {family} / {profile.name}\n\nNo table: {why}. Run `make reproduce FAMILY={family} "
+                     f"PROFILE={profile.name}` with real models.\n")  # fmt: skip
         return [*written, note]
     rows, scores, tasks = summarize(fam, runs, n_boot)
     margin, claims = load_claims(family)
