@@ -11,6 +11,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    if threading.current_thread() is threading.main_thread():  # not in a job run on a worker thread
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _dispatch(args)
     except Exception as e:

@@ -1,0 +1,332 @@
+"""Bad input: one clear line, nothing lost.
+
+Every case here is a user's mistake in a config, a data file, a command-line value, a run record, an adapter
+folder, or a run that diverges. Each must exit with status 2 and exactly one line on stderr naming the
+problem, and leave every record already written byte for byte as it was. The commands run in-process against
+a scratch copy of the family folders (`experiments.config.EXPERIMENTS_ROOT` points at it) and of the data
+(symlinks, with the broken file written in place of one), so the checks of `sweep` and `run` see them before
+anything trains; training is a stand-in except where it is the point (the NaN loss).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from experiments import train as train_mod
+from experiments.cli import main
+from experiments.config import EXPERIMENTS_ROOT
+from experiments.glue.family import GlueRun
+from experiments.results import read_record, run_path
+from tests.test_harness import fake_train
+
+TRAIN_AND_EVALUATE = train_mod.train_and_evaluate  # the real loop, kept before any test replaces it
+GLUE_LOSS = GlueRun.loss
+SHARED = EXPERIMENTS_ROOT.parent.parent / "shared" / "data"
+FAMILIES = ("commonsense", "glue")
+
+
+def _symlinked_copy(src: Path, dst: Path) -> None:
+    for f in src.rglob("*"):
+        if f.is_file():
+            (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (dst / f.relative_to(src)).symlink_to(f)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> Path:
+    """A results folder with complete records of both smoke profiles (stand-in training), made once."""
+    results = tmp_path_factory.mktemp("written")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train_mod, "train_and_evaluate", fake_train)
+        for family in FAMILIES:
+            assert main(["sweep", "--family", family, "--profile", "smoke", "--results-dir", str(results),
+                         "--no-progress"]) == 0  # fmt: skip
+    return results
+
+
+@dataclass
+class Scratch:
+    root: Path  # experiments/ copy (yaml only)
+    data: Path  # commonsense data (symlinks)
+    glue: Path  # GLUE data (symlinks)
+    results: Path
+
+    def write(self, relative: str, text: str | bytes, *, under: Path | None = None) -> Path:
+        path = (under or self.root) / relative
+        path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+        return path
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch, written) -> Scratch:
+    import experiments.config as config_mod
+
+    root = tmp_path / "exps"
+    for family in FAMILIES:
+        shutil.copytree(
+            EXPERIMENTS_ROOT / family, root / family, ignore=shutil.ignore_patterns("*.py", "__pycache__")
+        )
+    monkeypatch.setattr(config_mod, "EXPERIMENTS_ROOT", root)
+    s = Scratch(root, tmp_path / "data", tmp_path / "glue", tmp_path / "results")
+    _symlinked_copy(SHARED / "commonsense", s.data)
+    _symlinked_copy(SHARED / "glue", s.glue)
+    monkeypatch.setenv("LORADASH_DATA_DIR", str(s.data))
+    monkeypatch.setenv("LORADASH_GLUE_DIR", str(s.glue))
+    shutil.copytree(written, s.results)
+    monkeypatch.setattr(train_mod, "train_and_evaluate", fake_train)  # training is not the point here
+    return s
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def check_one_line(scratch: Scratch, capsys, argv: list[str], *expected: str) -> str:
+    """Exit 2, one line on stderr containing every `expected` text, and no record changed."""
+    before = snapshot(scratch.results)
+    if "--results-dir" not in argv and argv[0] not in ("budget", "families"):
+        argv = [*argv, "--results-dir", str(scratch.results)]
+    code, err = run_cli(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert snapshot(scratch.results) == before
+    return lines[0]
+
+
+SWEEP = ["sweep", "--profile", "smoke", "--no-progress"]
+GLUE_SWEEP = ["sweep", "--family", "glue", "--profile", "smoke", "--no-progress"]
+RUN = ["run", "--profile", "smoke", "--experiment", "lora-r1", "--lr", "1e-3", "--no-progress"]
+CS = "commonsense"
+
+# (id, setup(scratch), argv, texts the line must hold)
+Setup = Callable[[Scratch], object]
+CASES: list[tuple[str, Setup, list[str], tuple[str, ...]]] = [
+    # -- configs ------------------------------------------------------------------------------------------------
+    ("unknown-key", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml",
+                                      "method: {name: lora, r: 1}\noverrides:\n  train: {lrr: 0.1}\n"),
+     SWEEP, ("lora-r1/experiment.yaml", "train.lrr", "unknown key")),
+    ("wrong-type", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml",
+                                     "method: {name: lora, r: 1}\noverrides:\n  train: {max_steps: ten}\n"),
+     SWEEP, ("train.max_steps", "expected")),
+    ("negative-rank", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml", "method: {name: lora, r: -1}\n"),
+     SWEEP, ("lora-r1/experiment.yaml", "r must be >= 1, got -1")),
+    ("rank-too-large", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml", "method: {name: lora, r: 1000}\n"),
+     SWEEP, ("lora-r1/experiment.yaml", "r=1000", "min(out, in) = 384")),
+    ("s-too-large", lambda s: s.write(f"{CS}/loradash-r1/experiment.yaml",
+                                      "method: {name: loradash, r: 1, num_directions: 500}\n"),
+     SWEEP, ("loradash-r1/experiment.yaml", "num_directions (s) = 500", "min(out, in) = 384")),
+    ("t-beyond-the-run", lambda s: s.write(f"{CS}/profiles.yaml", (s.root / CS / "profiles.yaml").read_text()
+                                           .replace("loradash: {prelaunch_steps: 2}", "loradash: {prelaunch_steps: 4}")),
+     SWEEP, ("prelaunch_steps (t) = 4", "4 optimizer steps")),
+    ("t-beyond-an-epochs-run", lambda s: (
+        s.write(f"{CS}/loradash-r1/experiment.yaml",
+                "method: {name: loradash, r: 1}\noverrides:\n  train: {max_steps: null, epochs: 1}\n"),
+        s.write(f"{CS}/profiles.yaml", (s.root / CS / "profiles.yaml").read_text()
+                .replace("loradash: {prelaunch_steps: 2}", "loradash: {prelaunch_steps: 100}"))),
+     # 48 training items in batches of 4: one epoch is 12 steps, counted from the data without the model
+     ["run", "--profile", "smoke", "--experiment", "loradash-r1", "--lr", "1e-3"], ("(t) = 100", "12 optimizer")),
+    ("unknown-hyper-parameter", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml", "method: {name: lora, rank: 2}\n"),
+     SWEEP, ("lora-r1/experiment.yaml", "unknown hyper-parameter", "rank")),
+    ("unknown-method", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml", "method: {name: lorra, r: 1}\n"),
+     SWEEP, ("unknown method 'lorra'", "loradash")),
+    ("malformed-yaml", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml", "method: [unclosed\n"),
+     SWEEP, ("lora-r1/experiment.yaml", "not valid YAML")),
+    ("checkpoint-every-zero", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml",
+                                                "method: {name: lora, r: 1}\noverrides:\n  train: {checkpoint_every: 0}\n"),
+     SWEEP, ("train.checkpoint_every", "must be >= 1")),
+    ("model-not-loadable", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml",
+                                             "method: {name: lora, r: 1}\noverrides:\n  model: {name: /nonexistent/model}\n"),
+     RUN, ("cannot load '/nonexistent/model'",)),
+    ("unknown-profile-key", lambda s: s.write(f"{CS}/profiles.yaml", "smoke: {experimentz: all}\n"),
+     SWEEP, ("profiles.yaml[smoke]", "experimentz", "unknown key")),
+    ("unknown-family", lambda s: None, ["sweep", "--family", "vision", "--profile", "smoke"],
+     ("unknown experiment family 'vision'", "glue")),
+    ("unknown-profile", lambda s: None, ["sweep", "--profile", "huge"], ("unknown profile 'huge'", "smoke")),
+    ("unknown-experiment", lambda s: None, ["run", "--profile", "smoke", "--experiment", "nope", "--lr", "1e-3"],
+     ("unknown experiment 'nope'", "lora-r1")),
+    ("unknown-task", lambda s: None, ["run", "--family", "glue", "--profile", "smoke", "--experiment", "lora-r2",
+                                      "--task", "mnlx", "--lr", "1e-3"], ("task 'mnlx'", "cola")),
+    ("task-for-a-mixed-family", lambda s: None, [*RUN, "--task", "boolq"], ("takes no --task",)),
+    ("missing-task", lambda s: None, ["run", "--family", "glue", "--profile", "smoke", "--experiment", "lora-r2",
+                                      "--lr", "1e-3"], ("pass --task", "stsb")),
+    ("budget-unknown-method", lambda s: None, ["budget", "--method", "lorra"], ("unknown method 'lorra'",)),
+    # -- command-line values -----------------------------------------------------------------------------------
+    ("lr-negative", lambda s: None, ["run", "--profile", "smoke", "--experiment", "lora-r1", "--lr", "-1"],
+     ("--lr", "must be a finite number > 0")),
+    ("lr-zero", lambda s: None, ["run", "--profile", "smoke", "--experiment", "lora-r1", "--lr", "0"],
+     ("--lr", "> 0, got 0")),
+    ("lr-not-a-number", lambda s: None, ["run", "--profile", "smoke", "--experiment", "lora-r1", "--lr", "fast"],
+     ("--lr", "not a number")),
+    ("seed-negative", lambda s: None, [*RUN, "--seed", "-1"], ("--seed", "must be >= 0")),
+    ("jobs-zero", lambda s: None, [*SWEEP, "--jobs", "0"], ("--jobs", "must be >= 1")),
+    ("unknown-command-option", lambda s: None, [*SWEEP, "--jbos", "2"], ("unrecognized arguments", "--jbos")),
+    # -- data: commonsense (LLM-Adapters JSON) -----------------------------------------------------------------
+    ("data-dir-missing", lambda s: shutil.rmtree(s.data), SWEEP, ("boolq/train.json", "not found")),
+    ("data-file-missing", lambda s: (s.data / "ARC-Easy" / "train.json").unlink(), SWEEP,
+     ("ARC-Easy/train.json", "not found")),
+    ("data-truncated", lambda s: s.write("ARC-Easy/train.json", (SHARED / CS / "ARC-Easy" / "train.json")
+                                         .read_text()[:5000], under=s.data),
+     SWEEP, ("ARC-Easy/train.json", "invalid JSON")),
+    ("data-empty", lambda s: s.write("openbookqa/test.json", "", under=s.data), SWEEP,
+     ("openbookqa/test.json", "invalid JSON at line 1")),
+    ("data-wrong-label", lambda s: s.write("ARC-Easy/test.json", json.dumps([{
+        "instruction": "Please choose the correct answer to the question: Why?\n\nAnswer1: a Answer2: b\n\n"
+                       "Answer format: answer1/answer2",
+        "input": "", "output": "the correct answer is answer9", "answer": "answer9"}]), under=s.data),
+     SWEEP, ("ARC-Easy/test.json", "item 0", "'answer'", "answer9")),
+    ("data-wrong-encoding", lambda s: s.write("boolq/test.json", '[{"instruction": "caf\u00e9"}]'.encode("latin-1"),
+                                              under=s.data), SWEEP, ("boolq/test.json", "not UTF-8")),
+    ("data-item-without-choices", lambda s: s.write("ARC-Challenge/train.json", json.dumps([{
+        "instruction": "Please choose the correct answer to the question: Why?\n\nAnswer format: answer1/answer2",
+        "input": "", "output": "the correct answer is answer1", "answer": "answer1"}]), under=s.data),
+     SWEEP, ("ARC-Challenge/train.json", "item 0", "'instruction'", "Answer1")),
+    ("data-too-few-examples", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml",
+                                                "method: {name: lora, r: 1}\noverrides:\n  data: {val_examples: 100000}\n"),
+     SWEEP, ("cannot spare data.val_examples=100000",)),
+    # -- data: GLUE (TSV) ---------------------------------------------------------------------------------------
+    ("glue-file-missing", lambda s: (s.glue / "STS-B" / "dev.tsv").unlink(), GLUE_SWEEP, ("STS-B/dev.tsv",)),
+    ("glue-wrong-label", lambda s: s.write("CoLA/dev.tsv", "gj04\t7\t\tThe sailors rode the breeze.\n", under=s.glue),
+     GLUE_SWEEP, ("CoLA/dev.tsv:1", "label", "'7'")),
+    ("glue-truncated-row", lambda s: s.write("CoLA/train.tsv", (SHARED / "glue" / "CoLA" / "train.tsv").read_text()
+                                             [:3000].rsplit("\t", 1)[0], under=s.glue),
+     GLUE_SWEEP, ("CoLA/train.tsv:", "tab-separated fields")),
+    ("glue-empty", lambda s: s.write("STS-B/dev.tsv", "", under=s.glue), GLUE_SWEEP, ("STS-B/dev.tsv", "no data rows")),
+    ("glue-wrong-encoding", lambda s: s.write("CoLA/dev.tsv", "gj04\t1\t\tcaf\u00e9\n".encode("latin-1"), under=s.glue),
+     GLUE_SWEEP, ("CoLA/dev.tsv", "not UTF-8")),
+    ("glue-similarity-out-of-range", lambda s: s.write(
+        "STS-B/dev.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+        "0\tmain\tx\t2012\t1\tnone\tnone\tA man.\tA man.\t7.5\n", under=s.glue),
+     GLUE_SWEEP, ("STS-B/dev.tsv:2", "outside [0, 5]")),
+    # -- run records --------------------------------------------------------------------------------------------
+    ("record-corrupt", lambda s: s.write("smoke/commonsense/lora-r1/seed0_lr1e-3.json", "{\"status\": \"compl",
+                                         under=s.results), SWEEP, ("corrupt run record", "lora-r1/seed0_lr1e-3.json")),
+    ("record-truncated", lambda s: s.write("smoke/glue/lora-r2/stsb/seed0_lr1e-3.json",
+                                           (s.results / "smoke/glue/lora-r2/stsb/seed0_lr1e-3.json").read_bytes()[:900],
+                                           under=s.results),
+     GLUE_SWEEP, ("corrupt run record", "stsb/seed0_lr1e-3.json")),
+    ("record-not-an-object", lambda s: s.write("smoke/commonsense/full/seed0_lr1e-3.json", "[1, 2]",
+                                               under=s.results), ["list", "--profile", "smoke"],
+     ("corrupt run record", "not a JSON object")),
+    ("record-corrupt-on-run", lambda s: s.write("smoke/commonsense/lora-r1/seed0_lr1e-3.json", b"\xff\xfe",
+                                                under=s.results), RUN, ("corrupt run record",)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("setup,argv,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_nothing_is_lost(scratch, capsys, setup, argv, expected):
+    setup(scratch)
+    check_one_line(scratch, capsys, argv, *expected)
+
+
+def test_at_least_25_malformed_inputs():
+    assert len(CASES) >= 25
+
+
+def test_a_nan_loss_leaves_a_failed_record_and_one_line(scratch, capsys, monkeypatch):
+    """The real loop (not a stand-in): the loss turns NaN at the first step; the loop raises FloatingPointError."""
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(train_mod, "train_and_evaluate", TRAIN_AND_EVALUATE)
+    monkeypatch.setattr(
+        GlueRun, "loss", lambda self, model, batch: GLUE_LOSS(self, model, batch) * float("nan")
+    )
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the model's load report is not the error line
+    hf_logging.disable_progress_bar()
+    path = run_path(scratch.results, "smoke", "glue", "lora-r2", 0, 2e-3, "cola")
+    before = snapshot(scratch.results)
+    try:
+        code, err = run_cli(
+            [
+                "run",
+                "--family",
+                "glue",
+                "--profile",
+                "smoke",
+                "--experiment",
+                "lora-r2",
+                "--task",
+                "cola",
+                "--lr",
+                "2e-3",
+                "--no-progress",
+                "--results-dir",
+                str(scratch.results),
+            ],
+            capsys,
+        )
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "non-finite training loss nan at step 0" in lines[0] and str(path) in lines[0]
+    rec = read_record(path)
+    assert rec["status"] == "failed" and "FloatingPointError" in rec["error"]
+    after = snapshot(scratch.results)
+    assert {k: after[k] for k in before} == before  # the records already written are untouched
+
+
+def test_a_bug_in_the_harness_shows_its_traceback(scratch, capsys, monkeypatch):
+    def bug(cfg, **kwargs):
+        raise RuntimeError("a harness bug")
+
+    monkeypatch.setattr(train_mod, "train_and_evaluate", bug)
+    with pytest.raises(RuntimeError, match="a harness bug"):
+        main([*RUN, "--seed", "7", "--results-dir", str(scratch.results)])
+    assert read_record(run_path(scratch.results, "smoke", CS, "lora-r1", 7, 1e-3))["status"] == "failed"
+
+
+def test_debug_shows_the_traceback_of_a_users_mistake(scratch):
+    from experiments.config import ConfigError
+
+    scratch.write(f"{CS}/lora-r1/experiment.yaml", "method: {name: lora, r: -1}\n")
+    with pytest.raises(ConfigError, match="r must be >= 1"):
+        main([*SWEEP, "--debug", "--results-dir", str(scratch.results)])
+
+
+def test_a_corrupt_adapter_folder_is_one_clear_error(tmp_path):
+    """loradash.from_pretrained on a truncated adapter_model.safetensors or a broken adapter_config.json."""
+    import loradash
+    from tests.conftest import tiny_bert
+
+    model = loradash.get_loradash_model(
+        tiny_bert(),
+        loradash.LoraDashConfig(r=2, target_modules=["query"], num_directions=2, prelaunch_steps=1),
+    )
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    whole = weights.read_bytes()
+    for cut in (len(whole) // 2, 5):
+        weights.write_bytes(whole[:cut])
+        with pytest.raises(ValueError) as e:
+            loradash.from_pretrained(tiny_bert(), tmp_path)
+        assert len(str(e.value).splitlines()) == 1
+        assert str(weights) in str(e.value) and "truncated or corrupt" in str(e.value)
+    weights.write_bytes(whole)
+    (tmp_path / "adapter_config.json").write_text('{"r": 2,')
+    with pytest.raises(ValueError, match="adapter_config.json is not valid JSON"):
+        loradash.from_pretrained(tiny_bert(), tmp_path)
