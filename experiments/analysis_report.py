@@ -265,10 +265,17 @@ def prediction_section(pred: Mapping[str, Any] | None, scores: Mapping[str, str]
     ):
         lines.append(f"| {label} | | " + " | ".join(_f(vals[k]) for k in scores) + " |")
     fpos = summ["full_top_s_positions"]
+    rows, control = summ["by_rank_t"], summ["smallest_sigma_control"]
     lines += [
         "",
         "The control picks the s directions of smallest sigma, what 1/sigma alone would choose: LoRA adds "
         "information only where it beats this row.",
+        "",
+        *[
+            f"- `{key}`: LoRA's choice beats the control at {sum(row[key] > control[key] for row in rows)} of "
+            f"{len(rows)} (rank, t); best {max(row[key] for row in rows):.3f} against {control[key]:.3f}."
+            for key in scores
+        ],
         "",
         f"Where full fine-tuning's own top s sit: top 10% {_f(fpos['top10'])}, bottom 10% {_f(fpos['bottom10'])}, "
         f"among the s smallest {_f(fpos['smallest_s'])}, median position {_f(fpos['median'])}.",

@@ -243,6 +243,8 @@ def test_real_run_and_probe_agree_with_the_launch(tmp_path):
     for name, spectrum in pred["spectra"].items():
         assert spectrum["lora_top"]["r2"] == layers[name]["indices"]
         assert len(spectrum["full_rates"]) == pred["dims"][name] == 384
+    md = (out / "analysis.md").read_text()
+    assert "| 2 | 2 |" in md and "beats the control at" in md and "lambda recorded" in md
     summary = json.loads((out / "analysis.json").read_text())
     # positions of the real record, from the model's own shapes (every target of MiniLM-L6 has min(out, in) 384)
     idx = [i for row in layers.values() for i in row["indices"]]
