@@ -37,9 +37,10 @@ _PEFT_PREFIX = "base_model.model."
 @dataclass(frozen=True)
 class ProbeSettings:
     """Scale of the probe. The defaults fit the GLUE `cpu` setup (MiniLM-L6 on SST-2, batch 16; an estimated 5-10
-    minutes on one thread, from measured step times of about 0.5 s for full fine-tuning): full fine-tuning as that profile's full-FT runs (400 steps at its chosen 5e-5), LoRA at
-    rank 2's chosen rate. A full fine-tuning run that has not learned the task (check its validation score in
-    the report) gives a reference dW* that says little.
+    minutes on one thread, from measured step times of about 0.5 s for full fine-tuning): full fine-tuning as that
+    profile's full-FT runs (400 steps at its chosen 5e-5), LoRA at rank 2's chosen rate. A full fine-tuning run
+    that has not learned the task (check its validation score in the report) gives a reference dW* that says
+    little.
 
     Args:
         full_steps: optimizer steps of the full fine-tuning run whose update is the reference dW*.
