@@ -216,10 +216,12 @@ def test_loradash_diagnostics_report_the_launch(batch):
     method, _, _, model = wrapped("loradash", prelaunch_steps=2)
     train(method, model, batch, steps=1)
     diag = method.diagnostics(model)
-    assert diag["launch_step"] == 2 and diag["launched_layers"] == 0 and diag["num_layers"] == 13
+    assert diag["prelaunch_steps"] == 2 and diag["launch_step"] is None  # not launched yet
+    assert diag["launched_layers"] == 0 and diag["num_layers"] == 13
     train(method, model, batch, steps=3)  # steps 1..3 again: the launch happens at step 2
-    diag = method.diagnostics(model)
-    assert diag["launched_layers"] == 13
+    diag = method.diagnostics(model, lrs=[1e-2] * 3, best_step=3)
+    assert diag["launched_layers"] == 13 and diag["launch_step"] == 2  # the step it actually launched at
+    assert diag["post_launch_steps"] == 1 and diag["lambda_lr_x_post_launch_steps"] == pytest.approx(1e-2)
     query = diag["layers"]["bert.encoder.layer.0.attention.self.query"]
     assert len(query["indices"]) == len(query["sigma"]) == 3 and min(query["indices"]) >= 0
     assert query["max_abs_lambda"] > 0
