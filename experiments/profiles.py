@@ -66,9 +66,15 @@ class Profile:
     def source(self) -> str:
         return f"{family_dir(self.family) / 'profiles.yaml'}[{self.name}]"
 
-    def grid_for(self, method: str, config_lr: float | None = None, experiment: str | None = None) -> tuple[float, ...]:
+    def grid_for(
+        self, method: str, config_lr: float | None = None, experiment: str | None = None
+    ) -> tuple[float, ...]:
         """The grid of an experiment: its own entry, else its method's, else "default"."""
-        grid = (experiment and self.lr_grid.get(experiment)) or self.lr_grid.get(method) or self.lr_grid["default"]
+        grid = (
+            (experiment and self.lr_grid.get(experiment))
+            or self.lr_grid.get(method)
+            or self.lr_grid["default"]
+        )
         if grid == "config":
             if config_lr is None:
                 raise ValueError(
@@ -88,7 +94,9 @@ def load_profile(family: str, name: str) -> Profile:
     if not isinstance(data, dict):
         raise ConfigError(path, "<root>", "must be a mapping of profile names")
     if name not in data:
-        raise ConfigError(path, "profile", f"unknown profile {name!r} for {family} (known: {', '.join(data)})")
+        raise ConfigError(
+            path, "profile", f"unknown profile {name!r} for {family} (known: {', '.join(data)})"
+        )
     raw = data[name]
     src = f"{path}[{name}]"
     if not isinstance(raw, dict):
@@ -142,7 +150,9 @@ def load_profile(family: str, name: str) -> Profile:
         if isinstance(tasks, list):
             tasks = {t: {} for t in tasks}
         if not isinstance(tasks, dict) or not tasks:
-            raise ConfigError(src, "tasks", f"{family} runs one task per run: list the tasks (or task: overrides)")
+            raise ConfigError(
+                src, "tasks", f"{family} runs one task per run: list the tasks (or task: overrides)"
+            )
         for task, layer in tasks.items():
             check_layer(layer or {}, f"{src}.tasks.{task}", sections)
         tasks = {t: (layer or {}) for t, layer in tasks.items()}

@@ -93,7 +93,9 @@ class Family(abc.ABC):
     def task_scores(cls, task: str, items: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
         """`task_score` of each resample (idx: [B, n] item indices) -> [B]. Override with a vectorised form
         when the metric is slow to call thousands of times."""
-        return np.array([cls.task_score(task, {k: np.asarray(v)[row] for k, v in items.items()}) for row in idx])
+        return np.array(
+            [cls.task_score(task, {k: np.asarray(v)[row] for k, v in items.items()}) for row in idx]
+        )
 
     @classmethod
     def check_config(cls, cfg: Any) -> list[tuple[str, str]]:
