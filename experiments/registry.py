@@ -83,16 +83,25 @@ class Family(abc.ABC):
             raise ValueError(f"family {cls.name}: unknown metric {metric!r} (known: {', '.join(known)})")
         return m.higher_is_better
 
+    mean_item_field: ClassVar[str | None] = (
+        None  # primary metric = mean of this per-item array (e.g. "correct")
+    )
+
     @classmethod
-    @abc.abstractmethod
     def task_score(cls, task: str, items: Mapping[str, np.ndarray]) -> float:
         """The task's primary metric recomputed from per-item arrays (the record's `items`, possibly
-        resampled): e.g. mean correctness, or Matthews correlation of labels and predictions."""
+        resampled): the mean of `mean_item_field` by default; override for other metrics (e.g. Matthews
+        correlation of labels and predictions)."""
+        if cls.mean_item_field is None:
+            raise NotImplementedError(f"family {cls.name}: set mean_item_field or override task_score")
+        return float(np.mean(items[cls.mean_item_field]))
 
     @classmethod
     def task_scores(cls, task: str, items: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
         """`task_score` of each resample (idx: [B, n] item indices) -> [B]. Override with a vectorised form
         when the metric is slow to call thousands of times."""
+        if cls.mean_item_field is not None and cls.task_score.__func__ is Family.task_score.__func__:  # type: ignore[attr-defined]
+            return np.asarray(items[cls.mean_item_field], dtype=float)[idx].mean(axis=1)
         return np.array(
             [cls.task_score(task, {k: np.asarray(v)[row] for k, v in items.items()}) for row in idx]
         )

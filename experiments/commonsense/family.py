@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -139,20 +138,13 @@ class CommonsenseRun(Family):
     protocol_version = "commonsense-mc-v2"
     data_config = CommonsenseData
     metrics: ClassVar[Mapping[str, Metric]] = {"accuracy": Metric("accuracy", True, "exact match of argmax")}
+    mean_item_field = "correct"  # per-item values whose mean is the primary metric
     primary_metric = "accuracy"
     validation_metrics: ClassVar[Mapping[str, Metric]] = {
         "val_loss": Metric("val_loss", False),
         "val_accuracy": Metric("val_accuracy", True),
     }
     paper_model = "LLaMA-7B"
-
-    @classmethod
-    def task_score(cls, task: str, items: Mapping[str, np.ndarray]) -> float:
-        return float(np.mean(items["correct"]))
-
-    @classmethod
-    def task_scores(cls, task: str, items: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-        return np.asarray(items["correct"], dtype=float)[idx].mean(axis=1)
 
     @classmethod
     def check_config(cls, cfg: ExperimentConfig) -> list[tuple[str, str]]:

@@ -115,6 +115,7 @@ class DreamBoothRun(Family):
         ),
         "drift": Metric("drift", False, "1 - DINO cosine to the base model's image on unrelated prompts"),
     }
+    mean_item_field = "dino"  # per-item values whose mean is the primary metric
     primary_metric = "dino"
     validation_metrics: ClassVar[Mapping[str, Metric]] = {
         "val_loss": Metric(
@@ -126,14 +127,6 @@ class DreamBoothRun(Family):
     paper_model = "SDXL base 1.0"
 
     # -- declarations -----------------------------------------------------------------------------------------
-    @classmethod
-    def task_score(cls, task: str, items: Mapping[str, np.ndarray]) -> float:
-        return float(np.mean(items["dino"]))
-
-    @classmethod
-    def task_scores(cls, task: str, items: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-        return np.asarray(items["dino"], dtype=float)[idx].mean(axis=1)
-
     @classmethod
     def check_config(cls, cfg: ExperimentConfig) -> list[tuple[str, str]]:
         d, e = cfg.data, cfg.eval
