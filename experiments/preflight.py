@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -89,13 +90,19 @@ def _instance(cfg: ExperimentConfig) -> Family:
         raise ConfigError(_experiment_file(cfg), "model", f"cannot load {cfg.model.name!r}: {e}") from e
 
 
+# `init_empty_weights` patches `nn.Module.register_parameter` for the whole process and restores what it found
+# on exit; two threads entering it at once (in-process cluster jobs: submitit's "debug" executor) would restore
+# each other's patch and leave every later model on the meta device. One at a time.
+_META_LOCK = threading.Lock()
+
+
 def meta_model(run: Family) -> torch.nn.Module:
     """The run's model on the meta device: its architecture, read from the model's files, without weights."""
     from accelerate import init_empty_weights
 
     cfg = run.cfg
     try:
-        with quiet_transformers(), init_empty_weights():
+        with _META_LOCK, quiet_transformers(), init_empty_weights():
             return run.build_model()
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(_experiment_file(cfg), "model.name", f"cannot load {cfg.model.name!r}: {e}") from e

@@ -268,7 +268,9 @@ def sweep(
     jobs = profile.jobs if jobs is None else jobs
     if executor == "slurm":
         execute = _slurm(profile, configs, results_dir, cluster)
-        jobs = 256  # the cluster queues them: every missing run of a stage is submitted at once
+        # the cluster queues them: every missing run of a stage is submitted at once; submitit's "debug" cluster
+        # runs each job in this process, where runs in parallel threads would share torch's global state
+        jobs = 1 if cluster == "debug" else 256
     elif jobs <= 1:
         execute = _in_process(profile, configs, results_dir, progress)
     else:
