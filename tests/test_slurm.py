@@ -37,7 +37,10 @@ def test_sweep_submits_one_job_per_missing_run(tmp_path, monkeypatch):
     again = sweep_mod.sweep("commonsense", "smoke", tmp_path, **quiet)
     assert again["tune"] == {"skipped": n - 1, "complete": 1, "failed": 0} and len(jobs) == n + 1
     # the preflight's meta-device patch is gone: later models get real weights
-    assert torch.nn.Module.register_parameter is register_parameter and torch.nn.Linear(2, 2).weight.device.type == "cpu"
+    assert (
+        torch.nn.Module.register_parameter is register_parameter
+        and torch.nn.Linear(2, 2).weight.device.type == "cpu"
+    )
 
 
 def test_unknown_executor_is_a_users_mistake(tmp_path):
