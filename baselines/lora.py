@@ -17,12 +17,14 @@ class Lora(AdapterMethod):
     """W x + (alpha/r) B A x with A: r x in (Kaiming init) and B: out x r (zeros), per target layer.
 
     lora_alpha=None means `alpha_per_rank` * r (2r for LoRA, as in the LoRA-Dash paper's setups), resolved in
-    `params` so the result file records the number that ran.
+    `params` so the result file records the number that ran. `init_lora_weights` is peft's: True (A
+    Kaiming-uniform, peft's and LLM-Adapters' default) or "gaussian" (A ~ N(0, 1/r), what diffusers' DreamBooth
+    LoRA scripts and the paper's SDXL runs use); B starts at zero either way.
     """
 
     name = "lora"
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
-        {"r": 8, "lora_alpha": None, "lora_dropout": 0.05}
+        {"r": 8, "lora_alpha": None, "lora_dropout": 0.05, "init_lora_weights": True}
     )
     alpha_per_rank: ClassVar[int] = 2
 
@@ -33,6 +35,9 @@ class Lora(AdapterMethod):
             params["lora_alpha"] = cls.alpha_per_rank * params["r"]
         check_number(params, "lora_alpha", minimum=1e-12)
         check_number(params, "lora_dropout", minimum=0.0, maximum=1.0, open_max=True)
+        init = params.get("init_lora_weights", True)
+        if not (init is True or init == "gaussian"):  # `is`: 1 == True, but 1 is not peft's value
+            raise ValueError(f"init_lora_weights must be one of [True, 'gaussian'], got {init!r}")
         return super().check_params(params)
 
     def lora_kwargs(self, target_modules: list[str], modules_to_save: list[str]) -> dict[str, Any]:
@@ -44,7 +49,7 @@ class Lora(AdapterMethod):
             "lora_dropout": p["lora_dropout"],
             "target_modules": target_modules,
             "modules_to_save": modules_to_save or None,
-            "init_lora_weights": True,
+            "init_lora_weights": p.get("init_lora_weights", True),
         }
 
     def _wrap(self, model: nn.Module, target_modules: list[str], modules_to_save: list[str]) -> nn.Module:

@@ -96,6 +96,11 @@ class ExperimentConfig:
 # here only if that is true of it (existing fields stay in: removing one would change every hash).
 NOT_IN_HASH: dict[str, tuple[str, ...]] = {"train": ("checkpoint_every",)}
 
+# Settings added after results were committed, with the value every earlier run had: they enter the hash only
+# when a config sets something else, so adding a setting leaves the records that never used it current.
+# Sections are config sections; "method" means the method's resolved hyper-parameters.
+HASHED_UNLESS: dict[str, dict[str, Any]] = {"method": {"init_lora_weights": True}}
+
 
 def config_hash(cfg: ExperimentConfig, resolved_method_params: dict[str, Any] | None = None) -> str:
     """A short hash of everything that defines a run (not where it came from): a record whose config has since
@@ -107,6 +112,11 @@ def config_hash(cfg: ExperimentConfig, resolved_method_params: dict[str, Any] | 
             d.get(section, {}).pop(key, None)
     if resolved_method_params is not None:
         d["method"]["params"] = dict(resolved_method_params)
+    for section, added in HASHED_UNLESS.items():
+        values = d["method"]["params"] if section == "method" else d.get(section, {})
+        for key, old in added.items():
+            if key in values and values[key] == old and type(values[key]) is type(old):
+                del values[key]
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

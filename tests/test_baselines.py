@@ -113,6 +113,9 @@ def test_unknown_hyperparameter_is_named(name):
         ("loradash", {"prelaunch_steps": -1}, "prelaunch_steps"),
         ("loradash", {"prelaunch_clock": "epochs"}, "prelaunch_clock"),
         ("vera", {"save_projection": "yes"}, "save_projection"),
+        ("lora", {"init_lora_weights": 1}, "init_lora_weights"),
+        ("loradash", {"init_lora_weights": "Gaussian"}, "init_lora_weights"),
+        ("dora", {"init_lora_weights": False}, "init_lora_weights"),
     ],
 )
 def test_invalid_hyperparameter_values(name, params, match):
@@ -122,11 +125,44 @@ def test_invalid_hyperparameter_values(name, params, match):
 
 def test_params_are_resolved_and_read_only():
     method = build_method("lora", r=4)
-    assert dict(method.params) == {"r": 4, "lora_alpha": 8, "lora_dropout": 0.05}
+    assert dict(method.params) == {"r": 4, "lora_alpha": 8, "lora_dropout": 0.05, "init_lora_weights": True}
     assert build_method("pissa", r=4).params["lora_alpha"] == 4  # PiSSA's scripts: alpha = r
     assert build_method("full").rank is None
     with pytest.raises(TypeError):
         method.params["r"] = 16  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", ["lora", "dora", "loradash"])
+def test_gaussian_init_draws_a_from_a_normal_of_std_one_over_r(name):
+    """diffusers' DreamBooth LoRA init (the paper's SDXL runs): A ~ N(0, 1/r), B = 0; the default stays Kaiming."""
+    r = 4
+    stds = {}
+    for init in (True, "gaussian"):
+        torch.manual_seed(0)
+        model = build_method(name, r=r, init_lora_weights=init).wrap(
+            tiny_llama(), target_modules=["q_proj", "v_proj"]
+        )
+        a = torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "lora_A" in n])
+        b = torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "lora_B" in n])
+        assert torch.count_nonzero(b) == 0
+        stds[init] = a.std().item()
+    assert abs(stds["gaussian"] - 1 / r) < 0.02  # 1024+ draws: the sample std is within a few percent
+    assert abs(stds[True] - 1 / r) > 0.05  # Kaiming-uniform on 64 inputs: std 1/sqrt(3 * 64) ~ 0.072
+
+
+def test_a_setting_added_later_leaves_earlier_records_current():
+    """`init_lora_weights` joined LoRA's hyper-parameters after results were committed: at its old value it is
+    left out of the config hash (earlier records stay current); another value changes the hash."""
+    from experiments.config import HASHED_UNLESS, config_hash
+    from experiments.profiles import load_profile
+    from experiments.sweep import load_configs
+
+    cfg = next(c for c in load_configs(load_profile("glue", "smoke")).values() if c.method.name == "lora")
+    resolved = dict(build_method("lora", **cfg.method.params).params)
+    assert resolved["init_lora_weights"] is True and HASHED_UNLESS["method"]["init_lora_weights"] is True
+    before = {k: v for k, v in resolved.items() if k != "init_lora_weights"}
+    assert config_hash(cfg, resolved) == config_hash(cfg, before)
+    assert config_hash(cfg, {**resolved, "init_lora_weights": "gaussian"}) != config_hash(cfg, before)
 
 
 @pytest.mark.parametrize("name", RANKED)

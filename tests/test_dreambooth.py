@@ -107,6 +107,10 @@ def test_paper_profile_is_methods_section_3():
     )
     p = build_method(cfg.method.name, **cfg.method.params).params
     assert p["r"] == 4 and p["lora_alpha"] == 4 and p["num_directions"] == 8
+    for name in ("lora-r4", "dora-r4", "loradash-r4"):  # diffusers' DreamBooth LoRA init, as the paper's runs
+        c = config("paper", name, "dog")
+        assert build_method(c.method.name, **c.method.params).params["init_lora_weights"] == "gaussian"
+    assert build_method(config("smoke", "lora-r4", "dog").method.name).params["init_lora_weights"] is True
     assert load_profile("dreambooth", "paper").seeds == (0,)
     assert cfg.eval.num_inference_steps == 50 and cfg.eval.images_per_prompt == 4
 
