@@ -67,8 +67,9 @@ class Family(abc.ABC):
     chance: ClassVar[Mapping[str, float]] = {}  # task -> primary metric of a trivial predictor (plots)
     paper_model: ClassVar[str | None] = None  # the model the paper's numbers of this family come from
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, *, seed: int = 0):
         self.cfg = cfg
+        self.seed = seed  # the run's seed (the loop seeds torch with it before building the family)
 
     # -- declarations used by the harness ------------------------------------------------------------------
     @classmethod
@@ -129,6 +130,12 @@ class Family(abc.ABC):
 
     @abc.abstractmethod
     def build_model(self) -> torch.nn.Module: ...
+
+    def enable_gradient_checkpointing(self, model: torch.nn.Module) -> None:
+        """`model.gradient_checkpointing`: recompute each block's activations in the backward pass (called on
+        the model `build_model` returned, before the method wraps it). transformers' API by default."""
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need an input grad
 
     @abc.abstractmethod
     def train_loader(self, seed: int, micro_batch_size: int) -> DataLoader: ...

@@ -84,14 +84,13 @@ def train_and_evaluate(
         gradient_accumulation_steps=t.grad_accum,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
-    family = get_family(cfg.family)(cfg)
+    family = get_family(cfg.family)(cfg, seed=seed)
     max_steps = t.max_steps or (t.epochs or 0) * math.ceil(family.num_train / t.batch_size)
     method = build_method(cfg.method.name, **cfg.method.params)
     warmup = round(t.warmup_ratio * max_steps) if t.warmup_ratio is not None else t.warmup_steps
     base = family.build_model()
     if cfg.model.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need an input grad
+        family.enable_gradient_checkpointing(base)
     model = method.wrap(
         base, target_modules=list(cfg.model.target_modules), modules_to_save=list(cfg.model.modules_to_save)
     )

@@ -233,6 +233,38 @@ def test_fp16_weights_train_and_generate(tmp_path):
     assert run_.build_model().dtype == torch.float16 and run_.frozen("cpu").vae.dtype == torch.float16
 
 
+@needs_data
+@pytest.mark.parametrize("experiment", ["loradash-r4", "full"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(experiment):
+    """`model.gradient_checkpointing` switches diffusers' own UNet checkpointing on through the family (the loop
+    calls transformers' API for the other families); recomputing activations changes no number."""
+    cfg = config("smoke", experiment, "dog", model={"gradient_checkpointing": True})
+    assert DreamBoothRun.check_config(cfg) == []
+    run = DreamBoothRun(cfg)
+    batch = next(iter(run.train_loader(0, 2)))
+    grads = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        base = run.build_model()
+        if checkpointing:
+            run.enable_gradient_checkpointing(base)
+        method = build_method(cfg.method.name, **cfg.method.params)
+        model = method.wrap(base, target_modules=list(cfg.model.target_modules))
+        model.train()
+        assert base.is_gradient_checkpointing is checkpointing
+        torch.manual_seed(1)  # the loss draws its noise and timesteps from torch's generator
+        loss = run.loss(model, batch)
+        loss.backward()
+        grads[checkpointing] = (
+            loss.item(),
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad},
+        )
+    (l0, g0), (l1, g1) = grads[False], grads[True]
+    assert l0 == pytest.approx(l1, rel=1e-6) and g0.keys() == g1.keys() and len(g0) > 0
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 # --- the adapter at inference -------------------------------------------------------------------------------------
 
 

@@ -156,8 +156,8 @@ class CommonsenseRun(Family):
         load_train_pool(cfg, data_dir)
         load_test_sets(cfg, data_dir)
 
-    def __init__(self, cfg: ExperimentConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ExperimentConfig, *, seed: int = 0):
+        super().__init__(cfg, seed=seed)
         d = cfg.data
         self.data_dir = resolve_data_dir(d.data_dir)
         pool, files = load_train_pool(cfg, self.data_dir)

@@ -118,8 +118,8 @@ class CommonsenseCausalRun(CommonsenseRun):
 
         return estimate_run(cfg)
 
-    def __init__(self, cfg: ExperimentConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ExperimentConfig, *, seed: int = 0):
+        super().__init__(cfg, seed=seed)
         d = cfg.data
         self.pad_id = pad_token_id(self.tokenizer)
         tok = partial(

@@ -157,12 +157,6 @@ class DreamBoothRun(Family):
             problems.append(
                 ("data.class_prompt", f"is the class prior: it takes no {{token}}, got {d.class_prompt!r}")
             )
-        if cfg.model.gradient_checkpointing:
-            # the loop calls transformers' gradient_checkpointing_enable(); diffusers' UNet names it
-            # enable_gradient_checkpointing()
-            problems.append(
-                ("model.gradient_checkpointing", "not supported for the diffusers UNet by the loop yet")
-            )
         if d.prior_loss_weight < 0:
             problems.append(("data.prior_loss_weight", f"must be >= 0, got {d.prior_loss_weight}"))
         return problems
@@ -185,8 +179,8 @@ class DreamBoothRun(Family):
         return estimate_run(cfg)
 
     # -- one run -----------------------------------------------------------------------------------------------
-    def __init__(self, cfg: ExperimentConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ExperimentConfig, *, seed: int = 0):
+        super().__init__(cfg, seed=seed)
         d = cfg.data
         self.subject = d.task
         self.data_dir = _resolve(d.data_dir)
@@ -200,8 +194,6 @@ class DreamBoothRun(Family):
         self.pixels = torch.stack([p for p, _ in pairs])  # [n, 3, R, R] in [-1, 1]
         self.sizes = torch.stack([s for _, s in pairs])  # [n, 4]: original (h, w), crop (top, left)
         self.dtype = getattr(torch, cfg.model.dtype)
-        # the run's seed (grid file names): the loop seeds torch with it before building the family
-        self.run_seed = torch.initial_seed()
         self._frozen: Frozen | None = None
         self._frozen_device: Any = None
         self._embeds: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -231,6 +223,11 @@ class DreamBoothRun(Family):
 
     def build_model(self) -> torch.nn.Module:
         return build_unet(self.cfg.model.name, dtype=self.dtype)
+
+    def enable_gradient_checkpointing(self, model: torch.nn.Module) -> None:
+        # diffusers' own switch (non-reentrant torch.utils.checkpoint per UNet block, as its DreamBooth scripts'
+        # --gradient_checkpointing); the noisy latents carry no grad, which non-reentrant checkpointing allows
+        model.enable_gradient_checkpointing()  # type: ignore[operator]
 
     # -- training ----------------------------------------------------------------------------------------------
     def _class_images(self) -> None:
@@ -451,7 +448,7 @@ class DreamBoothRun(Family):
         e = self.cfg.eval
         root = Path(e.image_dir or ".")
         root = root if root.is_absolute() else REPO_ROOT / root
-        path = root / self.cfg.name / self.subject / f"seed{self.run_seed}_lr{lr_tag(self.cfg.train.lr)}.png"
+        path = root / self.cfg.name / self.subject / f"seed{self.seed}_lr{lr_tag(self.cfg.train.lr)}.png"
         labels = [p for p, _ in jobs[:: e.images_per_prompt]]
         save_grid(images, path, cols=e.images_per_prompt, labels=labels)
         return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)

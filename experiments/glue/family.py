@@ -161,8 +161,8 @@ class GlueRun(Family):
 
         return estimate_run(cfg)
 
-    def __init__(self, cfg: ExperimentConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ExperimentConfig, *, seed: int = 0):
+        super().__init__(cfg, seed=seed)
         d = cfg.data
         self.task = d.task
         self.regression = spec(d.task).num_labels == 1
