@@ -79,6 +79,26 @@ def test_library_imports_only_its_declared_dependencies():
     assert third_party_imports(ROOT / "loradash") == LIBRARY
 
 
+def test_every_harness_import_is_a_declared_dependency():
+    """What experiments/, baselines/ and bench/ import is the library's or the bench extra's (or an optional
+    engine imported lazily behind a clear message): a fresh `make setup` has everything a run reaches."""
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    declared |= {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["bench"]}
+    optional = {"deepspeed", "sentencepiece"}  # GPU engines and tokenizers behind lazy imports, if absent
+    dist_of = packages_distributions()
+    ours = {"loradash", "experiments", "baselines", "bench", "tests"}
+    missing = {}
+    for package in ("experiments", "baselines", "bench"):
+        for name in third_party_imports(ROOT / package) - ours:
+            dists = {canonicalize_name(d) for d in dist_of.get(name, [name])}
+            if not dists & (declared | optional):
+                missing[name] = sorted(dists)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
 def test_pyproject_dependencies_are_the_library_and_the_harness_is_an_extra():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert {canonicalize_name(Requirement(r).name) for r in project["dependencies"]} == LIBRARY
