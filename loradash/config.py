@@ -35,8 +35,9 @@ class LoraDashConfig(LoraConfig):
         change_rate_eps: epsilon in the change rate |u_i^T dW v_i| / (sigma_i + eps) (the authors' code uses 0).
         prelaunch_clock: "optimizer_step" (default, the paper's "updates": the launch happens in
             `update_loradash(model, global_step)` once global_step >= t) or "forward_call" (the authors' code:
-            each layer counts its own forward calls, evaluation passes, accumulation micro-batches and
-            checkpoint recomputation included, and launches at call t + 1; for fidelity studies only).
+            each layer counts its own forward calls that run the adapter, evaluation passes, accumulation
+            micro-batches and checkpoint recomputation included, but not calls of a merged layer or with adapters
+            disabled, and launches at call t + 1; for fidelity studies only).
         svd_cache_dir: a folder where the launch keeps the SVD of every targeted base weight (safetensors, keyed
             by the base model's name and a hash of the weight; see `loradash.SVDCache`), so that other seeds,
             ranks or numbers of directions on the same base model skip the decompositions. Opt-in: None (default)

@@ -14,7 +14,7 @@ State per adapter (all allocated when the model is wrapped, never replaced after
 - `lora_dash_indices[adapter]`        [s]       indices of the chosen directions in W's SVD
 - `lora_dash_sigma[adapter]`          [s]       their singular values (diagnostics: |lambda| vs sigma)
 - `lora_dash_launched[adapter]`       []        0 before the launch, 1 after
-- `lora_dash_forward_calls[adapter]`  []        forward calls seen (only advanced by the "forward_call" clock)
+- `lora_dash_forward_calls[adapter]`  []        forward calls that ran the unmerged adapter ("forward_call" clock)
 Before the launch U and Vh are zero, so the dash term is exactly zero and so is lambda's gradient.
 """
 
@@ -237,9 +237,15 @@ def launch_layer(module: DashLinear, adapter: str) -> None:
 
 
 def _forward_call_clock(module: DashLinear, args: Any) -> None:
-    """Forward pre-hook of the "forward_call" clock, reproducing the authors' code: every forward call of the
-    layer (training, evaluation, accumulation micro-batches, checkpoint recomputation) advances a counter,
-    and the launch happens at the start of call t + 1. Only installed when a config asks for this clock."""
+    """Forward pre-hook of the "forward_call" clock, reproducing the authors' code: every forward call that runs
+    the adapter (training, evaluation, accumulation micro-batches, checkpoint recomputation) advances a counter,
+    and the launch happens at the start of call t + 1. Only installed when a config asks for this clock.
+
+    A merged layer, or one with its adapters disabled, computes the base layer alone (peft's `Linear.forward`):
+    such a call is not a call of the adapter and does not count, as in the authors' code, whose counter sits in
+    the branch that applies the unmerged adapter. (It would otherwise also launch inside a merged forward.)"""
+    if module.merged or module.disable_adapters:
+        return
     for adapter in module.active_adapters:
         if adapter not in module.lora_dash_forward_calls or module.dash_clock.get(adapter) != "forward_call":
             continue

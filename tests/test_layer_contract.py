@@ -134,6 +134,34 @@ def test_forward_call_clock_reproduces_the_authors(batch):
         assert int(m.lora_dash_forward_calls[a]) == 7
 
 
+def test_forward_call_clock_skips_merged_and_disabled_forwards(batch):
+    """A merged layer, or one whose adapters are disabled, computes the base layer alone: the adapter does not
+    run, so the call does not advance the forward-call clock (the authors' counter sits in the branch that applies
+    the unmerged adapter, METHOD.md). Evaluation passes of the unmerged adapter still count, as in their code.
+    Counting merged calls would also launch inside a merged forward, which must not happen."""
+    model = get_loradash_model(tiny_bert(), dash_config(prelaunch_steps=2, prelaunch_clock="forward_call"))
+
+    def calls() -> set[int]:
+        return {int(m.lora_dash_forward_calls[a]) for _, m, a in dash_layers(model)}
+
+    model.eval()
+    with torch.no_grad():
+        model(**batch)  # an evaluation pass of the adapter: call 1
+        assert calls() == {1}
+        model.merge_adapter()
+        for _ in range(3):
+            model(**batch)
+        assert calls() == {1} and not any(launched(model))
+        model.unmerge_adapter()
+        with model.disable_adapter():
+            model(**batch)
+        assert calls() == {1} and not any(launched(model))
+        model(**batch)  # call 2
+        assert not any(launched(model))
+        model(**batch)  # call 3 = t + 1: launches at its start
+    assert calls() == {3} and all(launched(model))
+
+
 def test_after_launch_only_adapter_params_change(batch):
     model = get_loradash_model(tiny_bert(), dash_config(prelaunch_steps=1, modules_to_save=["classifier"]))
     train_steps(model, batch, 1, on_step=lambda s: update_loradash(model, s))
