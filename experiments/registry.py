@@ -5,7 +5,8 @@ A family folder holds `family.py` with one `@register_family` class (a `Family` 
 loop, sweeps, records and tables need to know, so that none of them names a family:
 
 - its typed config sections (`data_config`, `eval_config`: frozen dataclasses);
-- its test metrics, each with its direction, and the primary one the tables and verdicts read;
+- its test metrics, each with its direction, and the primary one the tables and verdicts read (and, when the
+  paper's numbers were scored another way, the metric that follows the paper's way: `paper_metric`);
 - its validation metrics (with directions) for learning-rate and checkpoint selection;
 - whether a run trains on one task (`one_task_per_run`, e.g. GLUE) or on a mix scored on every task;
 - its protocol version, recorded in every run;
@@ -66,6 +67,10 @@ class Family(abc.ABC):
     score_unit: ClassVar[str] = "points"  # tables show 100 x the primary metric
     chance: ClassVar[Mapping[str, float]] = {}  # task -> primary metric of a trivial predictor (plots)
     paper_model: ClassVar[str | None] = None  # the model the paper's numbers of this family come from
+    # The per-task metric (a key of `metrics`) scored as the paper's numbers were, when that is not the primary
+    # metric (e.g. another answer-extraction rule): the tables print it beside the paper's numbers.
+    paper_metric: ClassVar[str | None] = None
+    supports_slow_tokenizer: ClassVar[bool] = False  # honours model.slow_tokenizer
 
     def __init__(self, cfg: Any, *, seed: int = 0):
         self.cfg = cfg
@@ -108,6 +113,12 @@ class Family(abc.ABC):
         )
 
     @classmethod
+    def scoring_rule(cls, record: Mapping[str, Any]) -> str | None:
+        """How a record's primary metric was read, when the family has several ways (e.g. its answer-extraction
+        rule), for the tables' text; None when there is nothing to name."""
+        return None
+
+    @classmethod
     def check_config(cls, cfg: Any) -> list[tuple[str, str]]:
         """Family-specific value checks of a merged config: (key, problem) pairs; empty when fine."""
         return []
@@ -117,6 +128,12 @@ class Family(abc.ABC):
         """Raise (FileNotFoundError / ValueError naming the file) when the data a run needs is absent or
         unparseable; called before any run starts."""
         return None
+
+    @classmethod
+    def write_artifacts(cls, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+        """Files `make tables` writes beside the tables from the profile's complete run records (all of them,
+        random-weight code checks included: say so in what is written), e.g. image grids; none by default."""
+        return []
 
     @classmethod
     def estimate(cls, cfg: Any) -> dict[str, Any] | None:
@@ -177,6 +194,8 @@ def register_family(cls: type[Family]) -> type[Family]:
             raise ValueError(f"family {name}: missing class attribute {attr!r}")
     if cls.primary_metric not in cls.metrics:
         raise ValueError(f"family {name}: primary_metric {cls.primary_metric!r} is not in its metrics")
+    if cls.paper_metric is not None and cls.paper_metric not in cls.metrics:
+        raise ValueError(f"family {name}: paper_metric {cls.paper_metric!r} is not in its metrics")
     _FAMILIES[name] = cls
     return cls
 

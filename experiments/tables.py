@@ -216,6 +216,7 @@ def write_tables(
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, chosen, every = load_runs(profile, results_dir)
     written = [_write_log(every, out_dir / "LOG.md", profile.name, family)]
+    written += fam.write_artifacts([r for r in every if r.get("status") == "complete"], out_dir)
     if not runs:
         note = out_dir / "table.md"
         random = sum(bool(r.get("identity", {}).get("model", {}).get("random_weights")) for r in every)

@@ -112,6 +112,14 @@ def test_paper_profile_is_methods_section_3():
         assert build_method(c.method.name, **c.method.params).params["init_lora_weights"] == "gaussian"
     assert build_method(config("smoke", "lora-r4", "dog").method.name).params["init_lora_weights"] is True
     assert load_profile("dreambooth", "paper").seeds == (0,)
+    # the verdict profile: the same runs with five seeds
+    five = load_profile("dreambooth", "paper-5seeds")
+    assert (
+        five.seeds == (0, 1, 2, 3, 4) and five.experiments == load_profile("dreambooth", "paper").experiments
+    )
+    for name in ("loradash-r4", "full"):
+        a, b = config("paper", name, "cat"), config("paper-5seeds", name, "cat")
+        assert dataclasses.replace(b, eval=a.eval, sources=a.sources) == a
     assert cfg.eval.num_inference_steps == 50 and cfg.eval.images_per_prompt == 4
 
 
@@ -217,6 +225,71 @@ def test_methods_side_by_side(tiny_runs, tmp_path):
     out = side_by_side({e: Path(p) for e, p in grids.items()}, tmp_path / "vase.png")
     with Image.open(out) as im:
         assert im.size == (4 * 2 * 128, 16 + 5 * (128 + 14))
+
+
+def test_tables_write_the_grids_side_by_side_and_no_finding_from_random_models(tiny_runs):
+    """`make tables` on the tiny runs: no table or verdict (random weights), and one PNG per subject, seed and
+    rate with every method's grid under its name, labelled as random weights."""
+    from PIL import Image
+
+    from experiments.tables import write_tables
+
+    root, records = tiny_runs
+    written = write_tables("dreambooth", "tiny", root, n_boot=50)
+    note = (root / "tiny" / "dreambooth" / "table.md").read_text()
+    assert "No table" in note and "random weights" in note
+    assert not (root / "tiny" / "dreambooth" / "verdict.md").exists()
+    grid = root / "tiny" / "dreambooth" / "grids" / "vase_seed0_lr1e-3.png"
+    assert grid in written
+    with Image.open(grid) as im:
+        assert im.size == (len(TINY_EXPERIMENTS) * 2 * 128, 16 + 5 * (128 + 14))
+    again = grid.read_bytes()
+    write_tables("dreambooth", "tiny", root, n_boot=50)
+    assert grid.read_bytes() == again  # deterministic
+
+
+def test_dreambooth_claims_are_judged_on_dino_when_the_models_are_real():
+    """The family's claims on simulated per-image DINO similarities of real-model runs (5 seeds, 4 subjects):
+    a clear gain of LoRA-Dash is supported, a clear loss refutes, and "matches DoRA" shows nothing unless DoRA
+    beats LoRA."""
+    from experiments import stats
+    from experiments.tables import judge, load_claims
+
+    margin, claims = load_claims("dreambooth")
+    assert margin == 1.0 and {c.id for c in claims} >= {"same-rank-r4", "vs-dora-r4"}
+    assert all((DreamBoothRun.folder() / n).is_dir() for c in claims for n in (c.treatment, c.reference))
+
+    def scores(effects):
+        rng = np.random.default_rng(0)
+        table = {name: {} for name in effects}
+        for subject in ("dog", "cat", "vase", "backpack"):
+            base = rng.uniform(
+                0.4, 0.8, 100
+            )  # 25 prompts x 4 images, same prompts and seeds for every method
+            for seed in range(5):
+                for name, effect in effects.items():
+                    dino = np.clip(base + effect + rng.normal(0, 0.01) + rng.normal(0, 0.05, 100), -1, 1)
+                    table[name].setdefault(subject, {})[seed] = {"ids": np.arange(100), "dino": dino}
+        tasks = stats.check_alignment(table)
+        idx = stats.boot_indices({t: 100 for t in tasks}, n_boot=300)
+        return {
+            n: stats.score_experiment(t, tasks, idx, DreamBoothRun.task_scores, 100.0)
+            for n, t in table.items()
+        }
+
+    by_id = lambda out: {c["claim"]["id"]: c["verdict"] for c in out["claims"]}  # noqa: E731
+    gain = by_id(
+        judge(claims, margin, scores({"loradash-r4": 0.06, "lora-r4": 0.0, "dora-r4": 0.05, "full": 0.06}))
+    )
+    assert gain["same-rank-r4"] == "supported" and gain["vs-dora-r4"] == "supported"
+    worse = by_id(
+        judge(claims, margin, scores({"loradash-r4": -0.04, "lora-r4": 0.0, "dora-r4": 0.0, "full": 0.0}))
+    )
+    assert worse["same-rank-r4"] == "refuted" and worse["vs-dora-r4"] == "refuted"
+    equal = by_id(
+        judge(claims, margin, scores({"loradash-r4": 0.0, "lora-r4": 0.0, "dora-r4": 0.0, "full": 0.0}))
+    )
+    assert equal["vs-dora-r4"] == "inconclusive"  # "matches DoRA", but DoRA does not beat LoRA: no power
 
 
 @needs_data

@@ -173,6 +173,28 @@ class DreamBoothRun(Family):
         db.instance_files(root, d.task)
 
     @classmethod
+    def write_artifacts(cls, records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+        """Methods side by side: for each subject, seed and learning rate, the runs' grids (rows: prompts)
+        next to each other under their experiment's name -> grids/<subject>_seed<S>_lr<LR>.png. A run of a
+        model with random weights is labelled so (a check of the code: its pictures show nothing)."""
+        from experiments.dreambooth.generation import side_by_side
+        from experiments.results import lr_tag
+
+        groups: dict[tuple[str, int, str], dict[str, Path]] = {}
+        for rec in sorted(records, key=lambda r: (r.get("task") or "", r["seed"], r["lr"], r["experiment"])):
+            for subject, task in (rec.get("test") or {}).get("per_task", {}).items():
+                grid = Path(task.get("grid") or "")
+                grid = grid if grid.is_absolute() else REPO_ROOT / grid
+                if not task.get("grid") or not grid.is_file():
+                    continue  # images not kept (e.g. a fresh clone of committed records)
+                label = rec["experiment"]
+                if rec.get("identity", {}).get("model", {}).get("random_weights"):
+                    label += " (random weights)"
+                groups.setdefault((subject, rec["seed"], lr_tag(rec["lr"])), {})[label] = grid
+        return [side_by_side(grids, out_dir / "grids" / f"{subject}_seed{seed}_lr{lr}.png")
+                for (subject, seed, lr), grids in groups.items()]  # fmt: skip
+
+    @classmethod
     def estimate(cls, cfg: ExperimentConfig) -> dict[str, Any] | None:
         from experiments.dreambooth.estimate import estimate_run
 
