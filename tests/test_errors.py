@@ -192,6 +192,10 @@ CASES: list[tuple[str, Setup, list[str], tuple[str, ...]]] = [
      SWEEP, ("ARC-Easy/train.json", "invalid JSON")),
     ("data-empty", lambda s: s.write("openbookqa/test.json", "", under=s.data), SWEEP,
      ("openbookqa/test.json", "invalid JSON at line 1")),
+    ("data-empty-list-test", lambda s: s.write("openbookqa/test.json", "[]", under=s.data), SWEEP,
+     ("openbookqa/test.json", "no items")),
+    ("data-empty-list-train", lambda s: s.write("ARC-Easy/train.json", " [ ]\n", under=s.data), SWEEP,
+     ("ARC-Easy/train.json", "no items")),
     ("data-wrong-label", lambda s: s.write("ARC-Easy/test.json", json.dumps([{
         "instruction": "Please choose the correct answer to the question: Why?\n\nAnswer1: a Answer2: b\n\n"
                        "Answer format: answer1/answer2",
@@ -214,6 +218,9 @@ CASES: list[tuple[str, Setup, list[str], tuple[str, ...]]] = [
                                              [:3000].rsplit("\t", 1)[0], under=s.glue),
      GLUE_SWEEP, ("CoLA/train.tsv:", "tab-separated fields")),
     ("glue-empty", lambda s: s.write("STS-B/dev.tsv", "", under=s.glue), GLUE_SWEEP, ("STS-B/dev.tsv", "no data rows")),
+    ("glue-header-only", lambda s: s.write("STS-B/dev.tsv", (SHARED / "glue" / "STS-B" / "dev.tsv").read_text()
+                                           .splitlines(keepends=True)[0], under=s.glue),
+     GLUE_SWEEP, ("STS-B/dev.tsv", "no data rows")),
     ("glue-wrong-encoding", lambda s: s.write("CoLA/dev.tsv", "gj04\t1\t\tcaf\u00e9\n".encode("latin-1"), under=s.glue),
      GLUE_SWEEP, ("CoLA/dev.tsv", "not UTF-8")),
     ("glue-similarity-out-of-range", lambda s: s.write(
@@ -330,3 +337,37 @@ def test_a_corrupt_adapter_folder_is_one_clear_error(tmp_path):
     (tmp_path / "adapter_config.json").write_text('{"r": 2,')
     with pytest.raises(ValueError, match="adapter_config.json is not valid JSON"):
         loradash.from_pretrained(tiny_bert(), tmp_path)
+
+
+@pytest.mark.parametrize("empty", ["commonsense_170k.json", "piqa/test.json"])
+def test_an_example_free_file_is_a_data_error_of_commonsense_llm(tmp_path, monkeypatch, empty):
+    """commonsense_llm reads the LLM-Adapters files through the commonsense loaders (its preflight data check is
+    the commonsense family's): an empty training mix or test file is one line naming the file, before a run."""
+    from experiments.commonsense.data import DataFormatError
+    from experiments.config import load_experiment, with_overrides
+    from experiments.preflight import check_data
+    from tests.helpers import FIXTURES
+
+    _symlinked_copy(FIXTURES, tmp_path)
+    (tmp_path / empty).unlink()
+    (tmp_path / empty).write_text("[]\n")
+    monkeypatch.setenv("LORADASH_DATA_DIR", str(tmp_path))
+    cfg = load_experiment("commonsense_llm", "llama-7b-lora-r4")  # the paper's data: commonsense_170k.json
+    cfg = with_overrides(cfg, data={"val_examples": 2})  # the fixture mix has 7 items
+    with pytest.raises(DataFormatError) as e:
+        check_data(cfg)
+    assert str(tmp_path / empty) in str(e.value) and "no items" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_an_example_free_hub_split_is_a_glue_data_error(monkeypatch):
+    """GLUE read from the hub (`data.source: hub`): an empty split gets the "no data rows" treatment of a
+    header-only local file (the preflight builds the run's splits, so the sweep stops on it)."""
+    import sys
+    import types
+
+    from experiments.glue.data import GlueFormatError, load_hub_split
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: []))
+    with pytest.raises(GlueFormatError, match=r"nyu-mll/glue\[cola/validation\].*no rows"):
+        load_hub_split("cola", "test")

@@ -386,6 +386,10 @@ def _read_item_list(path: str | os.PathLike[str]) -> tuple[str, list[Any]]:
         raise DataFormatError(
             source, None, None, f"expected a JSON array of items, got {type(data).__name__}"
         )
+    if not data:  # a train or test set without examples: caught here, before a run divides by its size
+        raise DataFormatError(
+            source, None, None, "no items (an empty JSON array); a data file needs at least one"
+        )
     return source, data
 
 

@@ -178,7 +178,11 @@ def load_hub_split(task: str, split: str, *, path: str = HUB_ID, data_files: Any
         ds = load_dataset(path, data_files=data_files, split=hub_split)
     else:
         ds = load_dataset(path, s.hub_config, split=hub_split)
-    return [convert_hub_row(task, row, i, f"{path}[{s.hub_config}/{hub_split}]") for i, row in enumerate(ds)]
+    source = f"{path}[{s.hub_config}/{hub_split}]"
+    rows = [convert_hub_row(task, row, i, source) for i, row in enumerate(ds)]
+    if not rows:  # as load_tsv's "no data rows": a data error now, not a run that dies later
+        raise GlueFormatError(source, "-", "<split>", "no rows")
+    return rows
 
 
 def rows_in_hub_schema(task: str, examples: Iterable[GlueExample]) -> list[dict[str, Any]]:
