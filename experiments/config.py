@@ -39,6 +39,9 @@ class ModelConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     tokenizer: str | None = None  # None: the model's own
     gradient_checkpointing: bool = False
+    # The slow (sentencepiece) LlamaTokenizer, as the reference loads it for LLaMA-1/2, instead of AutoTokenizer's
+    # fast one; only families that declare `supports_slow_tokenizer` (commonsense_llm) accept it.
+    slow_tokenizer: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,10 @@ NOT_IN_HASH: dict[str, tuple[str, ...]] = {"train": ("checkpoint_every",)}
 # Settings added after results were committed, with the value every earlier run had: they enter the hash only
 # when a config sets something else, so adding a setting leaves the records that never used it current.
 # Sections are config sections; "method" means the method's resolved hyper-parameters.
-HASHED_UNLESS: dict[str, dict[str, Any]] = {"method": {"init_lora_weights": True}}
+HASHED_UNLESS: dict[str, dict[str, Any]] = {
+    "method": {"init_lora_weights": True},
+    "model": {"slow_tokenizer": False},
+}
 
 
 def config_hash(cfg: ExperimentConfig, resolved_method_params: dict[str, Any] | None = None) -> str:
@@ -238,6 +244,8 @@ def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
         problems.append(("train.selection_metric",
                          f"{t.selection_metric!r} is not a validation metric of {cfg.family} "
                          f"(known: {', '.join(fam.validation_metrics)})"))  # fmt: skip
+    if cfg.model.slow_tokenizer and not fam.supports_slow_tokenizer:
+        problems.append(("model.slow_tokenizer", f"family {cfg.family} has no slow-tokenizer option"))
     if not cfg.model.target_modules and get_method(cfg.method.name).needs_target_modules:
         problems.append(("model.target_modules", f"method {cfg.method.name} needs target modules"))
     problems += fam.check_config(cfg)

@@ -166,9 +166,13 @@ class CommonsenseRun(Family):
         self.test, self.missing_tasks, test_files, self.test_ids = load_test_sets(cfg, self.data_dir)
         self.data_files = files + test_files
         self.model_path = resolve_model(cfg.model.name)
+        self.tokenizer = self.load_tokenizer()
+
+    def load_tokenizer(self) -> Any:
+        """`model.tokenizer`, else the model's own (AutoTokenizer's choice)."""
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or self.model_path)
+        return AutoTokenizer.from_pretrained(self.cfg.model.tokenizer or self.model_path)
 
     def split_validation(self, pool: list[Example]) -> tuple[list[Example], list[Example]]:
         """(train, validation): `val_examples` items of the training pool, chosen by `split_seed`."""

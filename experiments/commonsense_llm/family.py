@@ -10,6 +10,9 @@ the adapter merged into the base weights (fp16 at paper scale), batch 1. Every g
 answer-extraction rules (generation.EXTRACTION_RULES): `accuracy` (and `items.correct`) is the rule named by
 `eval.extraction` (whole-word by default), and the record carries the other rule's numbers beside it
 (`accuracy_reference`, `items.correct_reference`, ...); `test.extraction` says which is which.
+
+The tokenizer is AutoTokenizer's (the fast one) unless `model.slow_tokenizer` asks for the reference's slow
+sentencepiece LlamaTokenizer (LLaMA-1/2; tokenizer.py); `identity.tokenizer` records the class that ran.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from experiments.commonsense_llm.generation import (
     pad_token_id,
 )
 from experiments.commonsense_llm.prompts import tokenize_for_training, validation_split
+from experiments.commonsense_llm.tokenizer import load_tokenizer, tokenizer_identity
 from experiments.config import ExperimentConfig
 from experiments.registry import Metric, register_family
 
@@ -98,6 +102,7 @@ class CommonsenseCausalRun(CommonsenseRun):
         "no_answer_rate": Metric("no_answer_rate", False, "share of outputs naming no label (primary rule)"),
     }
     validation_metrics: ClassVar[Mapping[str, Metric]] = {"val_loss": Metric("val_loss", False)}
+    supports_slow_tokenizer = True
 
     @classmethod
     def check_config(cls, cfg: ExperimentConfig) -> list[tuple[str, str]]:
@@ -131,6 +136,16 @@ class CommonsenseCausalRun(CommonsenseRun):
         )
         self._train_features = [tok(_as_item(e)) for e in self.train]
         self._val_features = [tok(_as_item(e)) for e in self.val]
+
+    def load_tokenizer(self) -> Any:
+        # model.slow_tokenizer: the reference's slow sentencepiece LlamaTokenizer (LLaMA-1/2); else AutoTokenizer's
+        path = self.cfg.model.tokenizer or self.model_path
+        return load_tokenizer(path, slow=self.cfg.model.slow_tokenizer)
+
+    def identity(self) -> dict[str, Any]:
+        return super().identity() | {
+            "tokenizer": tokenizer_identity(self.tokenizer, slow=self.cfg.model.slow_tokenizer)
+        }
 
     def split_validation(self, pool: list[Example]) -> tuple[list[Example], list[Example]]:
         # The reference's split (datasets train_test_split, shuffle, seed 42): the same 120 items as the paper.
