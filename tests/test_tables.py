@@ -3,6 +3,8 @@ power check that keeps "matches a bigger LoRA" from being supported when the big
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,98 @@ def test_claims_of_missing_experiments_are_skipped():
 def test_pareto_frontier():
     pts = [(10, 80.0), (100, 85.0), (1000, 84.0), (50, 79.0), (10, 81.0)]
     assert pareto(pts) == [4, 1]
+
+
+# --------------------------------------------------------------------------------------------------
+# The LLM commonsense family: its paper numbers are under the reference's answer extraction, its primary metric
+# under the whole-word rule; the tables set the runs' reference-rule score beside the paper's numbers.
+
+
+def _llm_record(name: str, seed: int, correct: dict, correct_reference: dict) -> dict:
+    """A complete record of the paper profile's `name` as a run at its config rate would write it, with per-item
+    correctness under each extraction rule (the primary is whole_word)."""
+    from baselines import build_method
+    from experiments.commonsense_llm.family import EXTRACTION_DESCRIPTIONS
+    from experiments.profiles import load_profile
+    from experiments.sweep import load_configs, planned_hash
+
+    profile = load_profile("commonsense_llm", "paper")
+    cfg = load_configs(profile)[(name, None)]
+    per_task = {
+        t: {"n": len(c), "accuracy": float(np.mean(c)), "accuracy_whole_word": float(np.mean(c)),
+            "accuracy_reference": float(np.mean(correct_reference[t])),
+            "items": {"ids": list(range(len(c))), "correct": list(c), "correct_reference": list(correct_reference[t])}}
+        for t, c in correct.items()
+    }  # fmt: skip
+    return {
+        "schema_version": 2, "status": "complete", "family": "commonsense_llm", "profile": "paper",
+        "experiment": name, "task": None, "method": cfg.method.name,
+        "method_params": dict(build_method(cfg.method.name, **cfg.method.params).params), "seed": seed,
+        "lr": cfg.train.lr, "config": cfg.to_dict(), "config_hash": planned_hash(cfg, cfg.train.lr),
+        "provenance": {"git": {"commit": "0" * 40, "dirty": False}}, "started_at": "2026-01-01T00:00:00+00:00",
+        "finished_at": "2026-01-01T01:00:00+00:00", "wall_time_s": 3600.0, "identity": {"model": {"name": "x"}},
+        "param_counts": {"trainable": 1000 * cfg.method.params.get("r", 1), "head": 0, "stored": 0},
+        "validation_curve": [{"step": 1, "val_loss": 1.0}], "best_step": 1, "selection_metric": "val_loss",
+        "diagnostics": {},
+        "test": {"protocol": "generation (paper protocol)", "per_task": per_task, "missing_tasks": [],
+                 "score": float(np.mean([v["accuracy"] for v in per_task.values()])),
+                 "extraction": {"primary": "whole_word", "secondary": ["reference"],
+                                "rules": dict(EXTRACTION_DESCRIPTIONS)}},
+    }  # fmt: skip
+
+
+def test_llm_tables_set_the_reference_rule_beside_the_papers_numbers(tmp_path):
+    """Simulated paper-profile runs whose two extraction rules disagree (the reference rule misses about a
+    quarter of the right answers): the task cells and the avg column show the run's reference-rule score next
+    to the paper's number, labelled, the score stays the whole-word one, and the verdict names both rules."""
+    from experiments.commonsense.data import TASKS
+    from experiments.commonsense_llm.family import EXTRACTION_DESCRIPTIONS
+    from experiments.results import run_path, write_atomic
+    from experiments.tables import write_tables
+
+    rng = np.random.default_rng(0)
+    n = 40
+    expected = {}
+    for name, p in (("llama-7b-lora-r32", 0.7), ("llama-7b-loradash-r32", 0.8)):
+        correct = {t: (rng.random(n) < p).astype(int).tolist() for t in TASKS}
+        # the reference rule reads no answer from about a quarter of the outputs ("True" for "true")
+        reference = {t: [c * int(rng.random() < 0.75) for c in v] for t, v in correct.items()}
+        rec = _llm_record(name, 0, correct, reference)
+        write_atomic(run_path(tmp_path, "paper", "commonsense_llm", name, 0, rec["lr"]), rec)
+        expected[name] = (
+            {t: 100 * np.mean(v) for t, v in correct.items()},
+            {t: 100 * np.mean(v) for t, v in reference.items()},
+        )
+
+    written = write_tables("commonsense_llm", "paper", tmp_path, n_boot=50)
+    out = tmp_path / "paper" / "commonsense_llm"
+    table, verdict = (out / "table.md").read_text(), (out / "verdict.md").read_text()
+    whole, ref = expected["llama-7b-lora-r32"]
+    assert abs(np.mean(list(whole.values())) - np.mean(list(ref.values()))) > 5  # the rules separate
+    row = next(line for line in table.splitlines() if line.startswith("| llama-7b-lora-r32 |"))
+    assert f"| {np.mean(list(whole.values())):.1f} [" in row  # the score: whole-word accuracy
+    assert f"{whole['boolq']:.1f} (paper's rule {ref['boolq']:.1f}; paper 68.9)" in row
+    assert row.endswith(f"| {np.mean(list(ref.values())):.1f} | 74.7 |")  # reference-rule avg, paper avg
+    assert "| avg, paper's rule (accuracy_reference) | paper avg (" in table
+    assert (
+        "The accuracy here is read by the whole_word rule: first label of the task as a whole word" in table
+    )
+    assert "accuracy read by the whole_word rule" in verdict and "verdicts are judged on accuracy" in verdict
+    assert "scored by the reference's re.findall" in verdict
+    claim = next(
+        line for line in verdict.splitlines() if line.startswith("| At rank 32, LoRA-Dash beats LoRA")
+    )
+    dash_ref = np.mean(list(expected["llama-7b-loradash-r32"][1].values()))
+    assert claim.endswith(f"| {dash_ref:.1f} / {np.mean(list(ref.values())):.1f} |")
+    summary = json.loads((out / "summary.json").read_text())
+    lora = next(r for r in summary["rows"] if r["experiment"] == "llama-7b-lora-r32")
+    assert lora["paper_metric"]["score"] == pytest.approx(np.mean(list(ref.values())))
+    assert summary["scoring_rules"] == [f"the whole_word rule: {EXTRACTION_DESCRIPTIONS['whole_word']}"]
+    header = (out / "table.csv").read_text().splitlines()[0].split(",")
+    assert header[-9:] == ["accuracy_reference", *(f"{t}:accuracy_reference" for t in sorted(TASKS))]
+    # regenerated from the same records: the same bytes
+    before = {p: p.read_bytes() for p in written if p.suffix in (".md", ".csv", ".json", ".png")}
+    for p in before:
+        p.unlink()
+    write_tables("commonsense_llm", "paper", tmp_path, n_boot=50)
+    assert all(p.read_bytes() == b for p, b in before.items())

@@ -9,7 +9,8 @@ Generation is scored as the reference scores it (DoRA's / Subspace-Tuning's ``co
 the adapter merged into the base weights (fp16 at paper scale), batch 1. Every generation is read by both
 answer-extraction rules (generation.EXTRACTION_RULES): `accuracy` (and `items.correct`) is the rule named by
 `eval.extraction` (whole-word by default), and the record carries the other rule's numbers beside it
-(`accuracy_reference`, `items.correct_reference`, ...); `test.extraction` says which is which.
+(`accuracy_reference`, `items.correct_reference`, ...); `test.extraction` says which is which. The paper's
+numbers are under the reference rule (`paper_metric`: the tables print it beside them).
 
 The tokenizer is AutoTokenizer's (the fast one) unless `model.slow_tokenizer` asks for the reference's slow
 sentencepiece LlamaTokenizer (LLaMA-1/2; tokenizer.py); `identity.tokenizer` records the class that ran.
@@ -102,6 +103,7 @@ class CommonsenseCausalRun(CommonsenseRun):
         "no_answer_rate": Metric("no_answer_rate", False, "share of outputs naming no label (primary rule)"),
     }
     validation_metrics: ClassVar[Mapping[str, Metric]] = {"val_loss": Metric("val_loss", False)}
+    paper_metric = "accuracy_reference"  # the paper's numbers are under the reference's extraction
     supports_slow_tokenizer = True
 
     @classmethod
@@ -136,6 +138,15 @@ class CommonsenseCausalRun(CommonsenseRun):
         )
         self._train_features = [tok(_as_item(e)) for e in self.train]
         self._val_features = [tok(_as_item(e)) for e in self.val]
+
+    @classmethod
+    def scoring_rule(cls, record: Mapping[str, Any]) -> str | None:
+        """The answer-extraction rule of the record's `accuracy` (test.extraction.primary), described."""
+        extraction = record.get("test", {}).get("extraction")
+        if not extraction:
+            return None
+        rule = extraction["primary"]
+        return f"the {rule} rule: {extraction.get('rules', EXTRACTION_DESCRIPTIONS).get(rule, rule)}"
 
     def load_tokenizer(self) -> Any:
         # model.slow_tokenizer: the reference's slow sentencepiece LlamaTokenizer (LLaMA-1/2); else AutoTokenizer's
