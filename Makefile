@@ -6,10 +6,15 @@ BIN := $(VENV)/bin
 # torch into .venv first (any 2.13/2.14 release satisfies pyproject's range) or pass TORCH="torch==2.13.0 ...".
 TORCH ?= torch==2.13.0
 PROFILE ?= cpu
-# every family that has the profile (found by the registry), unless FAMILY names one (make reproduce FAMILY=glue);
-# expanded when a recipe runs, after `setup` has built the venv
+# With no PROFILE given, the committed CPU benchmark: `cpu`, then `cpu-power` (GLUE's same-rank question with
+# 8 paired seeds) in the families that have it; PROFILE=... picks one (or several, space-separated).
+PROFILES = $(if $(filter file,$(origin PROFILE)),cpu cpu-power,$(PROFILE))
+# For each profile, every family that has it (found by the registry), or FAMILY's if it has it (FAMILY=glue);
+# run inside a recipe's loop over $$p, after `setup` has built the venv.
 FAMILY ?=
-RUN_FAMILIES = $(if $(FAMILY),$(FAMILY),$(shell $(EXP) families --with-profile $(PROFILE) --names))
+FAMILIES_OF = $(EXP) families --with-profile $$p --names $(if $(FAMILY),--family $(FAMILY))
+EACH = for p in $(PROFILES); do fams=$$($(FAMILIES_OF)) || exit 2; for f in $$fams; do
+END_EACH = done; done
 RESULTS_DIR ?= results
 EXP := $(BIN)/python -m experiments
 
@@ -48,25 +53,26 @@ bench: setup
 	$(BIN)/python bench/bench_generation.py
 
 plan: setup
-	for f in $(RUN_FAMILIES); do $(EXP) list --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) || exit 1; done
+	$(EACH) $(EXP) list --family $$f --profile $$p --results-dir $(RESULTS_DIR) || exit 1; $(END_EACH)
 
 # Runs what is missing or stale (resumable), then regenerates every table; a failed run does not stop the others.
 reproduce: setup
-	status=0; for f in $(RUN_FAMILIES); do $(EXP) sweep --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) --no-progress || status=1; done; \
+	status=0; $(EACH) \
+	  $(EXP) sweep --family $$f --profile $$p --results-dir $(RESULTS_DIR) --no-progress || status=1; $(END_EACH); \
 	$(MAKE) tables && exit $$status
 
 tables: setup
-	for f in $(RUN_FAMILIES); do $(EXP) tables --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) || exit 1; done
+	$(EACH) $(EXP) tables --family $$f --profile $$p --results-dir $(RESULTS_DIR) || exit 1; $(END_EACH)
 
 # Reruns a sample of committed runs (one LoRA-Dash, one LoRA by default) and compares them with their records.
 verify: setup
-	for f in $(RUN_FAMILIES); do $(EXP) verify --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) || exit 1; done
+	$(EACH) $(EXP) verify --family $$f --profile $$p --results-dir $(RESULTS_DIR) || exit 1; $(END_EACH)
 
 # The paper's questions about task-specific directions, from the records (and, with ANALYZE_TRAIN=1, a few
 # minutes of training): results/<profile>/<family>/analysis/.
 ANALYZE_TRAIN ?=
 analyze: setup
-	for f in $(RUN_FAMILIES); do $(EXP) analyze --family $$f --profile $(PROFILE) --results-dir $(RESULTS_DIR) $(if $(ANALYZE_TRAIN),--train) || exit 1; done
+	$(EACH) $(EXP) analyze --family $$f --profile $$p --results-dir $(RESULTS_DIR) $(if $(ANALYZE_TRAIN),--train) || exit 1; $(END_EACH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

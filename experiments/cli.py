@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_fam.add_argument("--debug", action="store_true")
     p_fam.add_argument("--with-profile", default=None, help="only the families that have this profile")
     p_fam.add_argument("--names", action="store_true", help="print the names only (for scripts)")
+    p_fam.add_argument("--family", default=None, help="only this family (an unknown name is an error)")
     return parser
 
 
@@ -278,7 +279,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from experiments.profiles import list_profiles
         from experiments.registry import available_families, get_family
 
-        names = [n for n in available_families() if args.with_profile in (None, *list_profiles(n))]
+        names = available_families()
+        if args.family is not None:
+            get_family(args.family)  # an unknown family: one line naming the known ones
+            names = [args.family]
+        names = [n for n in names if args.with_profile in (None, *list_profiles(n))]
+        if args.family is not None and not names:
+            print(f"family {args.family} has no profile {args.with_profile!r}: skipped "
+                  f"(its profiles: {', '.join(list_profiles(args.family))})", file=sys.stderr)  # fmt: skip
         if args.names:
             print(" ".join(names))
             return 0

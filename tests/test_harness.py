@@ -27,6 +27,24 @@ def test_families_are_found_by_folder():
         assert (fam.folder() / "defaults.yaml").is_file() and list_profiles(name)
 
 
+def test_families_command_picks_the_families_a_make_target_loops_over(capsys):
+    """`families --with-profile P --names [--family F]`: what the Makefile runs for each profile of PROFILES."""
+    from experiments.cli import main
+
+    def names(*argv):
+        assert main(["families", "--names", *argv]) == 0
+        out = capsys.readouterr()
+        return out.out.split(), out.err
+
+    assert names("--with-profile", "cpu-power") == (["glue"], "")
+    assert set(names("--with-profile", "cpu")[0]) >= {"commonsense", "glue"}
+    assert names("--with-profile", "cpu", "--family", "glue") == (["glue"], "")
+    skipped, note = names("--with-profile", "cpu-power", "--family", "commonsense")
+    assert skipped == [] and note.startswith("family commonsense has no profile 'cpu-power': skipped")
+    assert main(["families", "--names", "--family", "nope"]) == 2
+    assert "unknown experiment family 'nope'" in capsys.readouterr().err
+
+
 def all_configs():
     for family in FAMILIES:
         for profile in list_profiles(family):
