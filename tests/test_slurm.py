@@ -48,3 +48,23 @@ def test_unknown_executor_is_a_users_mistake(tmp_path):
 
     with pytest.raises(UsageError, match="unknown executor 'pbs'"):
         sweep_mod.sweep("commonsense", "smoke", tmp_path, executor="pbs")
+
+
+@pytest.mark.slow
+def test_local_executor_runs_each_job_in_its_own_process(tmp_path):
+    """submitit's "local" cluster: every run is a job in a process of its own (as on SLURM, where each job
+    runs `python -m experiments run`), its record lands in the shared results folder, and a rerun submits only
+    the run whose record was removed."""
+    quiet = {"progress": False, "log": lambda s: None, "executor": "slurm", "cluster": "local"}
+    summary = sweep_mod.sweep("commonsense", "smoke", tmp_path, **quiet)
+    n = n_planned("commonsense")
+    assert summary["tune"] == {"skipped": 0, "complete": n, "failed": 0}
+    logs = list((tmp_path / "smoke" / "commonsense" / "slurm").glob("*_log.out"))
+    assert len(logs) == n  # one job (one process, one log) per run
+    for row in sweep_mod.plan_status("commonsense", "smoke", tmp_path):
+        rec = read_record(__import__("pathlib").Path(row["path"]))
+        assert row["status"] == "complete" and rec is not None and rec["status"] == "complete"
+    (tmp_path / "smoke" / "commonsense" / "dora-r1" / "seed0_lr1e-3.json").unlink()
+    again = sweep_mod.sweep("commonsense", "smoke", tmp_path, **quiet)
+    assert again["tune"] == {"skipped": n - 1, "complete": 1, "failed": 0}
+    assert len(list((tmp_path / "smoke" / "commonsense" / "slurm").glob("*_log.out"))) == n + 1
