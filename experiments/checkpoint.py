@@ -29,6 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from experiments.results import write_atomic
+
 FORMAT = 1
 META = "checkpoint.json"
 
@@ -82,19 +84,6 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", copy=True).contiguous()
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(
     directory: Path,
     *,
@@ -143,7 +132,7 @@ def save(
         "method": method.state_dict(),
         "rng": rng_meta,
     }
-    _write_json(directory / META, meta)  # the commit point
+    write_atomic(directory / META, meta)  # the commit point
     for old in directory.iterdir():  # earlier tensor files, and temp files of a write that was killed
         if old.name not in (name, META):
             old.unlink(missing_ok=True)

@@ -1,51 +1,6 @@
 """Commonsense-reasoning benchmark (paper Table 1): LLM-Adapters data, answer extraction, hub converters."""
 
-from experiments.commonsense.data import (
-    DATA_ENV_VAR,
-    HUB_SOURCES,
-    HUB_SPLITS,
-    LABELS,
-    MIXED_FILE_NAME,
-    SAME_TEMPLATE_TASKS,
-    SPLITS,
-    TASKS,
-    DataFormatError,
-    Example,
-    convert_hub_row,
-    default_data_dir,
-    detect_task,
-    extract_answer,
-    load_examples,
-    load_hub_split,
-    load_mixed,
-    mixed_file,
-    parse_item,
-    render_instruction,
-    task_file,
-    write_items,
-)
+from experiments.commonsense import data as _data
+from experiments.commonsense.data import *  # noqa: F403  (the names listed once, in data.__all__)
 
-__all__ = [
-    "DATA_ENV_VAR",
-    "HUB_SOURCES",
-    "HUB_SPLITS",
-    "LABELS",
-    "MIXED_FILE_NAME",
-    "SAME_TEMPLATE_TASKS",
-    "SPLITS",
-    "TASKS",
-    "DataFormatError",
-    "Example",
-    "convert_hub_row",
-    "default_data_dir",
-    "detect_task",
-    "extract_answer",
-    "load_examples",
-    "load_hub_split",
-    "load_mixed",
-    "mixed_file",
-    "parse_item",
-    "render_instruction",
-    "task_file",
-    "write_items",
-]
+__all__ = list(_data.__all__)
