@@ -137,8 +137,16 @@ class Family(abc.ABC):
 
     @classmethod
     def estimate(cls, cfg: Any) -> dict[str, Any] | None:
-        """GPU memory and hours of a full-scale run, for `list --estimate`; None when the family has none."""
-        return None
+        """GPU memory and hours of a full-scale run, for `list --estimate`: `estimate_run(cfg)` of the family
+        folder's `estimate.py` (imported when asked: it may need the model's code), None when it has none."""
+        module_name = f"{cls.__module__.rsplit('.', 1)[0]}.estimate"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:
+                return None
+            raise
+        return module.estimate_run(cfg)
 
     # -- one run -------------------------------------------------------------------------------------------
     @property

@@ -119,12 +119,6 @@ class CommonsenseCausalRun(CommonsenseRun):
             problems.append(("eval.protocols", "must name at least one protocol"))
         return problems
 
-    @classmethod
-    def estimate(cls, cfg: ExperimentConfig) -> dict[str, Any] | None:
-        from experiments.commonsense_llm.estimate import estimate_run
-
-        return estimate_run(cfg)
-
     def __init__(self, cfg: ExperimentConfig, *, seed: int = 0):
         super().__init__(cfg, seed=seed)
         d = cfg.data

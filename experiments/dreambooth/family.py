@@ -194,12 +194,6 @@ class DreamBoothRun(Family):
         return [side_by_side(grids, out_dir / "grids" / f"{subject}_seed{seed}_lr{lr}.png")
                 for (subject, seed, lr), grids in groups.items()]  # fmt: skip
 
-    @classmethod
-    def estimate(cls, cfg: ExperimentConfig) -> dict[str, Any] | None:
-        from experiments.dreambooth.estimate import estimate_run
-
-        return estimate_run(cfg)
-
     # -- one run -----------------------------------------------------------------------------------------------
     def __init__(self, cfg: ExperimentConfig, *, seed: int = 0):
         super().__init__(cfg, seed=seed)

@@ -155,12 +155,6 @@ class GlueRun(Family):
         if cfg.data.source == "local":
             load_splits(cfg.data)
 
-    @classmethod
-    def estimate(cls, cfg: ExperimentConfig) -> dict[str, Any] | None:
-        from experiments.glue.estimate import estimate_run
-
-        return estimate_run(cfg)
-
     def __init__(self, cfg: ExperimentConfig, *, seed: int = 0):
         super().__init__(cfg, seed=seed)
         d = cfg.data
