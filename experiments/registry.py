@@ -184,6 +184,21 @@ class Family(abc.ABC):
         return int(batch["labels"].shape[0])
 
 
+def shuffled_loader(
+    dataset: Any, micro_batch_size: int, seed: int, collate_fn: Any, *, drop_last: bool = True
+) -> DataLoader:
+    """A training loader as the families build it: a new permutation of `dataset` each epoch, drawn from the
+    run's seed alone (so a rerun, or a resumed run fast-forwarding it, sees the same batches)."""
+    return DataLoader(
+        dataset,
+        batch_size=micro_batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate_fn,
+    )
+
+
 _FAMILIES: dict[str, type[Family]] = {}
 _DISCOVERED = False
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from experiments.commonsense.data import Example, default_data_dir, load_examples, load_mixed, task_file
 from experiments.commonsense.multiple_choice import collate, loss_fn, predict
 from experiments.config import ExperimentConfig, check_positive
-from experiments.registry import Family, Metric, register_family
+from experiments.registry import Family, Metric, register_family, shuffled_loader
 from experiments.results import REPO_ROOT, file_sha256, model_identity
 
 
@@ -192,14 +192,8 @@ class CommonsenseRun(Family):
         return AutoModelForMultipleChoice.from_pretrained(self.model_path, dtype=dtype)
 
     def train_loader(self, seed: int, micro_batch_size: int) -> DataLoader:
-        return DataLoader(
-            self.train,  # type: ignore[arg-type]
-            batch_size=micro_batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=torch.Generator().manual_seed(seed),
-            collate_fn=partial(collate, self.tokenizer, max_seq_len=self.cfg.data.max_seq_len),
-        )
+        collate_fn = partial(collate, self.tokenizer, max_seq_len=self.cfg.data.max_seq_len)
+        return shuffled_loader(self.train, micro_batch_size, seed, collate_fn)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return loss_fn(model, batch)

@@ -37,7 +37,7 @@ from experiments.commonsense_llm.generation import (
 from experiments.commonsense_llm.prompts import tokenize_for_training, validation_split
 from experiments.commonsense_llm.tokenizer import load_tokenizer, tokenizer_identity
 from experiments.config import ExperimentConfig
-from experiments.registry import Metric, register_family
+from experiments.registry import Metric, register_family, shuffled_loader
 
 EXTRACTION_DESCRIPTIONS = {
     "whole_word": "first label of the task as a whole word, case-insensitive (data.extract_answer)",
@@ -164,14 +164,8 @@ class CommonsenseCausalRun(CommonsenseRun):
         )
 
     def train_loader(self, seed: int, micro_batch_size: int) -> DataLoader:
-        return DataLoader(
-            self._train_features,  # type: ignore[arg-type]
-            batch_size=micro_batch_size,
-            shuffle=True,
-            drop_last=False,
-            generator=torch.Generator().manual_seed(seed),
-            collate_fn=partial(_pad_collate, pad_id=self.pad_id),
-        )
+        collate_fn = partial(_pad_collate, pad_id=self.pad_id)
+        return shuffled_loader(self._train_features, micro_batch_size, seed, collate_fn, drop_last=False)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss

@@ -34,7 +34,7 @@ from experiments.glue.data import (
     task_file,
 )
 from experiments.glue.metrics import batch_scores, task_metrics
-from experiments.registry import Family, Metric, register_family
+from experiments.registry import Family, Metric, register_family, shuffled_loader
 from experiments.results import REPO_ROOT, file_sha256, model_identity
 
 
@@ -187,14 +187,7 @@ class GlueRun(Family):
         )
 
     def train_loader(self, seed: int, micro_batch_size: int) -> DataLoader:
-        return DataLoader(
-            self.train,  # type: ignore[arg-type]
-            batch_size=micro_batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=torch.Generator().manual_seed(seed),
-            collate_fn=self._collate,
-        )
+        return shuffled_loader(self.train, micro_batch_size, seed, self._collate)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if self.regression:
