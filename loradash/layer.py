@@ -30,6 +30,7 @@ from peft.tuners.lora import layer as lora_layer
 from peft.tuners.lora.layer import LoraVariant
 from torch import nn
 
+from .distributed import is_distributed, share_from_rank0, whole_layer_tensors
 from .selection import LowRankUpdate, select_task_specific_directions
 from .svd_cache import SVDCache
 
@@ -204,35 +205,30 @@ def launch_layer(module: DashLinear, adapter: str) -> None:
     """Select the task-specific directions of one layer from its current LoRA update and fill U, Vh in place.
 
     Paper Sec. 4, "pre-launch" -> "dash": dW = (alpha/r) B A after t updates; keep the top-s change rates.
-    With `LoraDashConfig.svd_cache_dir` set, W's SVD comes from (or goes to) that `SVDCache`.
+    With `LoraDashConfig.svd_cache_dir` set, W's SVD comes from (or goes to) that `SVDCache`. On sharded models
+    W, B and A are gathered whole first (ZeRO-3 and FSDP2 here; FSDP1 by the unit around the layer, which
+    `launch_loradash` / `update_loradash` open; `loradash.distributed`), and with several processes rank 0's
+    choice is stored on every rank.
     """
     if module.merged:
         raise RuntimeError("Cannot launch LoRA-Dash on a merged layer: unmerge first.")
-    base = module.get_base_layer()
-    weight = base.weight
-    if hasattr(weight, "full_tensor"):  # FSDP2 / DTensor: gather the full matrix for the SVD
-        weight = weight.full_tensor()
-    update = LowRankUpdate(
-        B=module.lora_B[adapter].weight, A=module.lora_A[adapter].weight, scaling=module.scaling[adapter]
-    )
-    s = module.lora_dash_U[adapter].shape[1]
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    U_buf, Vh_buf = module.lora_dash_U[adapter], module.lora_dash_Vh[adapter]  # [out, s], [s, in]
+    idx_buf, sigma_buf = module.lora_dash_indices[adapter], module.lora_dash_sigma[adapter]  # [s], [s]
     cache = module.dash_svd_cache.get(adapter)
-    svd = None
-    if cache is not None:
-        if distributed and torch.distributed.get_rank() != 0:
-            cache = dataclasses.replace(cache, write=False)  # one writer per entry
-        svd = cache.svd(weight)
-    tsd = select_task_specific_directions(weight, update, s, eps=module.dash_eps[adapter], svd=svd)
-    U, Vh, idx, sigma = tsd.U, tsd.Vh, tsd.indices, tsd.singular_values[tsd.indices]
-    if distributed:
-        # SVD signs and tie order can differ between ranks: use rank 0's choice everywhere.
-        for t in (U, Vh, idx, sigma):
-            torch.distributed.broadcast(t, src=0)
-    module.lora_dash_U[adapter].copy_(U)
-    module.lora_dash_Vh[adapter].copy_(Vh)
-    module.lora_dash_indices[adapter].copy_(idx)
-    module.lora_dash_sigma[adapter].copy_(sigma)
+    if cache is not None and is_distributed() and torch.distributed.get_rank() != 0:
+        cache = dataclasses.replace(cache, write=False)  # one writer per entry
+    with whole_layer_tensors(module, adapter) as (weight, B, A):  # [out, in], [out, r], [r, in]
+        update = LowRankUpdate(B=B, A=A, scaling=module.scaling[adapter])
+        svd = None if cache is None else cache.svd(weight)
+        tsd = select_task_specific_directions(
+            weight, update, U_buf.shape[1], eps=module.dash_eps[adapter], svd=svd
+        )
+        U_buf.copy_(tsd.U)
+        Vh_buf.copy_(tsd.Vh)
+        idx_buf.copy_(tsd.indices)
+        sigma_buf.copy_(tsd.singular_values[tsd.indices])
+    # SVD signs and tie order can differ between ranks: every rank keeps rank 0's choice, bit for bit.
+    share_from_rank0(U_buf, Vh_buf, idx_buf, sigma_buf)
     module.lora_dash_launched[adapter].fill_(1)
 
 

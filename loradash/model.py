@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .config import LoraDashConfig
+from .distributed import launch_in_fsdp1_units
 from .layer import DashLinear, launch_layer
 
 __all__ = [
@@ -83,13 +84,15 @@ def dash_layers(model: nn.Module, adapter_name: str | None = None) -> Iterator[t
 
 
 def launch_loradash(model: nn.Module, adapter_name: str | None = None) -> int:
-    """Launch every not-yet-launched LoRA-Dash layer now, whatever the clock says. Returns how many launched."""
-    n = 0
-    for _, module, adapter in dash_layers(model, adapter_name):
-        if not module.is_launched(adapter):
-            launch_layer(module, adapter)
-            n += 1
-    return n
+    """Launch every not-yet-launched LoRA-Dash layer now, whatever the clock says. Returns how many launched.
+
+    With several processes every rank must call it (as `update_loradash`): the sharded weights are gathered
+    whole (DeepSpeed ZeRO-3, FSDP2, FSDP1; see `loradash.distributed`) and rank 0's choice is kept everywhere.
+    Under FSDP1 pass the model holding the FSDP units (the FSDP-wrapped root before its first forward pass).
+    """
+    due = [(name, m, a) for name, m, a in dash_layers(model, adapter_name) if not m.is_launched(a)]
+    launch_in_fsdp1_units(model, due, launch_layer)
+    return len(due)
 
 
 def update_loradash(model: nn.Module, global_step: int) -> int:
@@ -99,20 +102,17 @@ def update_loradash(model: nn.Module, global_step: int) -> int:
     ignored here. Returns the number of layers launched by this call.
     """
     due = [
-        (m, a)
-        for _, m, a in dash_layers(model)
+        (name, m, a)
+        for name, m, a in dash_layers(model)
         if m.dash_clock[a] == "optimizer_step" and global_step >= m.dash_prelaunch_steps[a]
     ]
     if not due:
         return 0
     # One host sync for all flags instead of one per layer.
-    launched = torch.stack([m.lora_dash_launched[a] for m, a in due]).tolist()
-    n = 0
-    for (module, adapter), done in zip(due, launched, strict=True):
-        if not done:
-            launch_layer(module, adapter)
-            n += 1
-    return n
+    launched = torch.stack([m.lora_dash_launched[a] for _, m, a in due]).tolist()
+    due = [layer for layer, done in zip(due, launched, strict=True) if not done]
+    launch_in_fsdp1_units(model, due, launch_layer)
+    return len(due)
 
 
 def dash_diagnostics(model: nn.Module, adapter_name: str = "default") -> dict[str, dict[str, Any]]:
