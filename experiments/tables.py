@@ -410,8 +410,11 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
             "",
             "Not judged (an experiment is not in this profile): " + ", ".join(judged["skipped"]) + ".",
         ]
-    lines += ["", "## Power: does the bigger reference beat the smaller LoRA here?", "",
-              "| bigger | smaller | difference (points) | interval | power |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "## Power: does the bigger reference beat the smaller LoRA here?", ""]
+    if judged["power"]:
+        lines += ["| bigger | smaller | difference (points) | interval | power |", "|---|---|---|---|---|"]
+    else:
+        lines += ["No claim judged here needs a power check (none compares against a bigger reference)."]
     for p in judged["power"]:
         lines.append(f"| {p['bigger']} | {p['smaller']} | {p['estimate']:+.2f} | [{p['low']:+.2f}, {p['high']:+.2f}] | "
                      f"{'yes' if p['has_power'] else 'no'} |")  # fmt: skip
