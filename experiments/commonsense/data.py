@@ -26,6 +26,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from experiments.datadir import shared_data_dir
+
 __all__ = [
     "DATA_ENV_VAR",
     "HUB_SOURCES",
@@ -428,14 +430,8 @@ def default_data_dir() -> Path:
     The shared folder is the workspace convention (data sits beside the checkout, never inside it).
     Raises ``FileNotFoundError`` with download instructions when neither is available.
     """
-    env = os.environ.get(DATA_ENV_VAR, "").strip()
-    if env:
-        return Path(env).expanduser()
-    shared = _repo_root().parent / "shared" / "data" / "commonsense"
-    if shared.is_dir():
-        return shared
-    raise FileNotFoundError(
-        f"no commonsense data directory: {DATA_ENV_VAR} is unset and {shared} does not exist. {_WHERE_TO_GET}"
+    return shared_data_dir(
+        DATA_ENV_VAR, "commonsense", what="commonsense", hint=_WHERE_TO_GET, repo_root=_repo_root()
     )
 
 

@@ -8,12 +8,13 @@ The layout is google/dreambooth's (commit 4f887af7): `dataset/<subject>/*.jpg` a
 from __future__ import annotations
 
 import ast
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from experiments.datadir import shared_data_dir
 
 DATA_ENV_VAR = "LORADASH_DREAMBOOTH_DIR"
 PROMPTS_FILE = "prompts_and_classes.txt"
@@ -25,16 +26,8 @@ LIVE_CLASSES = frozenset({"dog", "cat"})
 
 def default_data_dir() -> Path:
     """`$LORADASH_DREAMBOOTH_DIR`, else `<repo>/../shared/data/dreambooth`."""
-    env = os.environ.get(DATA_ENV_VAR, "").strip()
-    if env:
-        return Path(env).expanduser()
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dreambooth"
-    if shared.is_dir():
-        return shared
-    raise FileNotFoundError(
-        f"no DreamBooth data directory: {DATA_ENV_VAR} is unset and {shared} does not exist; clone "
-        "github.com/google/dreambooth and set data.data_dir (or the variable) to its folder"
-    )
+    return shared_data_dir(DATA_ENV_VAR, "dreambooth", what="DreamBooth", hint="clone github.com/google/dreambooth "
+                           "and set data.data_dir (or the variable) to its folder")  # fmt: skip
 
 
 @dataclass(frozen=True)

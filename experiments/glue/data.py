@@ -10,11 +10,12 @@ is the reported test set, and validation is carved out of train.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from experiments.datadir import shared_data_dir
 
 DATA_ENV_VAR = "LORADASH_GLUE_DIR"
 
@@ -81,16 +82,8 @@ def spec(task: str) -> TaskSpec:
 
 def default_data_dir() -> Path:
     """`$LORADASH_GLUE_DIR`, else `<repo>/../shared/data/glue`."""
-    env = os.environ.get(DATA_ENV_VAR, "").strip()
-    if env:
-        return Path(env).expanduser()
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glue"
-    if shared.is_dir():
-        return shared
-    raise FileNotFoundError(
-        f"no GLUE data directory: {DATA_ENV_VAR} is unset and {shared} does not exist; download GLUE "
-        f"(`download_glue_data.py` layout) or set data.source: hub to read {HUB_ID}"
-    )
+    return shared_data_dir(DATA_ENV_VAR, "glue", what="GLUE", hint="download GLUE (`download_glue_data.py` layout) "
+                           f"or set data.source: hub to read {HUB_ID}")  # fmt: skip
 
 
 def task_file(task: str, split: str, data_dir: Path) -> Path:

@@ -1,0 +1,22 @@
+"""Where a family's data lives when its config names no folder: the workspace convention shared by every family."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from experiments.results import REPO_ROOT
+
+
+def shared_data_dir(env_var: str, folder: str, *, what: str, hint: str, repo_root: Path = REPO_ROOT) -> Path:
+    """`$env_var`, else `<repo>/../shared/data/<folder>` (data sits beside the checkout, never inside it).
+    Raises FileNotFoundError naming both places and `hint` (how to get the data) when neither exists."""
+    env = os.environ.get(env_var, "").strip()
+    if env:
+        return Path(env).expanduser()
+    shared = repo_root.parent / "shared" / "data" / folder
+    if shared.is_dir():
+        return shared
+    raise FileNotFoundError(
+        f"no {what} data directory: {env_var} is unset and {shared} does not exist; {hint}"
+    )
