@@ -96,6 +96,15 @@ def check_choice(params: Mapping[str, Any], key: str, choices: Sequence[Any]) ->
 # Target layers
 
 
+def first_too_narrow(layers: Sequence[tuple[str, nn.Linear]], n: int) -> tuple[str, nn.Linear, int] | None:
+    """The first target layer that cannot hold n independent directions (n > min(out, in)), with that minimum."""
+    for name, layer in layers:
+        k = min(layer.out_features, layer.in_features)
+        if n > k:
+            return name, layer, k
+    return None
+
+
 def target_layers(model: nn.Module, target_modules: Sequence[str]) -> list[tuple[str, nn.Linear]]:
     """The nn.Linear modules peft would adapt for `target_modules`, with their names, in model order.
 
@@ -188,13 +197,12 @@ class Method(abc.ABC):
         """Reject a rank no target layer can hold: r > min(out, in) only adds redundant parameters."""
         r = self.rank
         assert r is not None
-        for name, layer in layers:
-            k = min(layer.out_features, layer.in_features)
-            if r > k:
-                raise ValueError(
-                    f"{self.name}: impossible rank r={r} for target layer {name!r} "
-                    f"({layer.out_features} x {layer.in_features}): r must be <= min(out, in) = {k}"
-                )
+        if (bad := first_too_narrow(layers, r)) is not None:
+            name, layer, k = bad
+            raise ValueError(
+                f"{self.name}: impossible rank r={r} for target layer {name!r} "
+                f"({layer.out_features} x {layer.in_features}): r must be <= min(out, in) = {k}"
+            )
 
     def check_run(
         self, layers: Sequence[tuple[str, nn.Linear]], *, total_steps: int, micro_batches_per_step: int = 1

@@ -20,7 +20,7 @@ from torch import nn
 import loradash
 from loradash.config import PRELAUNCH_CLOCKS
 
-from .base import Shape, check_choice, check_int, check_number, register
+from .base import Shape, check_choice, check_int, check_number, first_too_narrow, register
 from .lora import Lora
 
 _PREFIX = "base_model.model."
@@ -83,13 +83,12 @@ class LoraDash(Lora):
         run's optimizer steps (optimizer-step clock) or its training forward calls (forward-call clock)."""
         super().check_run(layers, total_steps=total_steps, micro_batches_per_step=micro_batches_per_step)
         s = self.params["num_directions"]
-        for name, layer in layers:
-            k = min(layer.out_features, layer.in_features)
-            if s > k:
-                raise ValueError(
-                    f"{self.name}: num_directions (s) = {s} exceeds min(out, in) = {k} of target layer {name!r} "
-                    f"({layer.out_features} x {layer.in_features})"
-                )
+        if (bad := first_too_narrow(layers, s)) is not None:
+            name, layer, k = bad
+            raise ValueError(
+                f"{self.name}: num_directions (s) = {s} exceeds min(out, in) = {k} of target layer {name!r} "
+                f"({layer.out_features} x {layer.in_features})"
+            )
         t = self.params["prelaunch_steps"]
         if self.params["prelaunch_clock"] == "forward_call":
             calls = total_steps * micro_batches_per_step
