@@ -14,6 +14,7 @@ A subject's score is the mean over its images (25 prompts x N seeds). Hub models
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,21 @@ def _seeded(build: Any) -> Any:
         return build()
 
 
+def _unit_embeddings(
+    images: list[Any],
+    batch_size: int,
+    prep: Any,
+    device: Any,
+    features: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """`features` of the preprocessed images, batch by batch, as unit-norm fp32 rows [n, d] on the CPU."""
+    out = [
+        features(prep(images[i : i + batch_size]).to(device)).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+
+
 class DinoEncoder:
     """[CLS] embeddings of a DINO ViT (DreamBooth's DINO metric uses ViT-S/16)."""
 
@@ -92,11 +108,13 @@ class DinoEncoder:
     @torch.no_grad()
     def embed(self, images: list[Any], batch_size: int = 32) -> torch.Tensor:
         """Unit-norm [CLS] embeddings [n, d] (fp32)."""
-        out = []
-        for i in range(0, len(images), batch_size):
-            x = self.prep(images[i : i + batch_size]).to(self.device)
-            out.append(self.model(pixel_values=x).last_hidden_state[:, 0].float().cpu())
-        return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+        return _unit_embeddings(
+            images,
+            batch_size,
+            self.prep,
+            self.device,
+            lambda x: self.model(pixel_values=x).last_hidden_state[:, 0],
+        )
 
 
 class ClipEncoder:
@@ -128,13 +146,11 @@ class ClipEncoder:
 
     @torch.no_grad()
     def embed_images(self, images: list[Any], batch_size: int = 32) -> torch.Tensor:
-        out = []
-        for i in range(0, len(images), batch_size):
-            x = self.prep(images[i : i + batch_size]).to(self.device)
+        def features(x: torch.Tensor) -> torch.Tensor:
             feats = self.model.get_image_features(pixel_values=x)
-            feats = getattr(feats, "pooler_output", feats)  # transformers 5 may return a model output
-            out.append(feats.float().cpu())
-        return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+            return getattr(feats, "pooler_output", feats)  # transformers 5 may return a model output
+
+        return _unit_embeddings(images, batch_size, self.prep, self.device, features)
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
