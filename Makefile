@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU wheel by default (it lies on disk on the project's machines). GPU users: install their CUDA build of
-# torch into .venv first (any 2.13/2.14 release satisfies pyproject's range) or pass TORCH="torch==2.13.0 ...".
-TORCH ?= torch==2.13.0
+# Every package `make setup` installs is pinned in requirements.lock (compiled by `make lock` with uv from
+# pyproject's ranges; the versions the suite and the committed records were made with). torch is locked as its
+# release (torch==X): here pip takes the CPU wheel that lies on disk; GPU users install the CUDA build of that
+# release into .venv first, which satisfies the pin and is kept (README: "Versions"). TORCH overrides it.
+LOCK := requirements.lock
+TORCH ?= $(shell grep -m1 '^torch==' $(LOCK))
 PROFILE ?= cpu
 # With no PROFILE given, the committed CPU benchmark: `cpu`, then `cpu-power` (GLUE's same-rank question with
 # 8 paired seeds) in the families that have it; PROFILE=... picks one (or several, space-separated).
@@ -22,19 +25,42 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-slow lint format bench reproduce tables plan analyze verify clean
+.PHONY: setup lock test test-latest test-slow lint format bench reproduce tables plan analyze verify clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q 'pip==26.3'
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[bench,dev]'
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# Regenerates requirements.lock from pyproject's ranges, keeping every pin that still satisfies them;
+# UPGRADE=1 moves every package to its newest allowed release, UPGRADE=transformers (names, space-separated)
+# only those. Run `make test` after it, and refresh the committed records or keep the old pins.
+UPGRADE ?=
+UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+export UV_FIND_LINKS
+lock: setup
+	$(BIN)/uv pip compile pyproject.toml --extra bench --extra dev --python-version 3.11 --quiet \
+	  --custom-compile-command 'make lock' -o $(LOCK) \
+	  $(if $(filter 1,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
+	sed -i -E 's/^torch==([^+ ]+)\+[^ ]+/torch==\1/' $(LOCK)
 
 test: setup
 	$(BIN)/pytest -q
+
+# The suite on the newest releases pyproject's ranges allow, in a scratch venv (.venv-latest): an upstream
+# break shows here before users see it. Not part of CI; prints the versions that differ from the lock.
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q $(TORCH)
+	$(LATEST)/bin/pip install -q --upgrade -e '.[bench,dev]'
+	$(LATEST)/bin/python -m experiments.lockcheck $(LOCK) || true
+	$(LATEST)/bin/pytest -q
 
 test-slow: setup
 	$(BIN)/pytest -q -m slow
@@ -75,4 +101,4 @@ analyze: setup
 	$(EACH) $(EXP) analyze --family $$f --profile $$p --results-dir $(RESULTS_DIR) $(if $(ANALYZE_TRAIN),--train) || exit 1; $(END_EACH)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LATEST) .pytest_cache .ruff_cache .mypy_cache

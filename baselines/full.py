@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from torch import nn
+from transformers import PreTrainedModel
 
 from .base import Method, Shape, register
 
@@ -49,5 +50,9 @@ class FullFineTuning(Method):
         self, base_model: nn.Module, directory: str | os.PathLike[str], *, is_trainable: bool = False
     ) -> nn.Module:
         # The folder is the whole model: base_model only tells which class reads it.
-        model = type(base_model).from_pretrained(os.fspath(directory))  # type: ignore[attr-defined]
+        # safetensors only; hub kernels off (transformers >= 5.25 turns them on when `kernels` is installed)
+        kwargs: dict = {"use_safetensors": True}
+        if isinstance(base_model, PreTrainedModel):
+            kwargs["use_kernels"] = False
+        model = type(base_model).from_pretrained(os.fspath(directory), **kwargs)  # type: ignore[attr-defined]
         return model.requires_grad_(is_trainable)

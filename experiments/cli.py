@@ -151,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(e: Exception) -> bool:
     from baselines import UnknownMethodError
     from experiments.config import ConfigError
+    from experiments.preflight import IncompatiblePackagesError
     from experiments.registry import UnknownFamilyError
 
     # FloatingPointError: a run diverged (non-finite loss); its record says "failed" and the next sweep retries it.
     return isinstance(e, (UsageError, ConfigError, UnknownFamilyError, UnknownMethodError, FileNotFoundError,
-                          UnicodeDecodeError, FloatingPointError)) or type(e).__name__ in (
+                          UnicodeDecodeError, FloatingPointError, IncompatiblePackagesError)) or type(e).__name__ in (
         "DataFormatError", "GlueFormatError", "CorruptRecordError")  # fmt: skip
 
 

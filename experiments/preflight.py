@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from experiments.config import ConfigError, ExperimentConfig
+from experiments.loading import stack_versions
 from experiments.registry import Family, get_family
 
 
@@ -104,8 +105,46 @@ def meta_model(run: Family) -> torch.nn.Module:
     try:
         with _META_LOCK, quiet_transformers(), init_empty_weights():
             return run.build_model()
-    except (OSError, ValueError, KeyError) as e:
+    except OSError as e:  # missing or unreadable model files: the name in the user's file
         raise ConfigError(_experiment_file(cfg), "model.name", f"cannot load {cfg.model.name!r}: {e}") from e
+    except Exception as e:
+        if _config_unreadable(run) is not None:
+            raise ConfigError(
+                _experiment_file(cfg), "model.name", f"cannot load {cfg.model.name!r}: {e}"
+            ) from e
+        raise IncompatiblePackagesError(
+            f"building {cfg.model.name!r} failed inside the installed packages, not because of the experiment "
+            f"file (its config reads): {type(e).__name__}: {e} [raised in {_raised_in(e)}; {stack_versions()}]. "
+            "`make setup` installs the versions the suite passed with (requirements.lock)"
+        ) from e
+
+
+class IncompatiblePackagesError(RuntimeError):
+    """A failure inside a dependency while building a model whose files read: not the user's mistake."""
+
+
+def _config_unreadable(run: Family) -> Exception | None:
+    """The error reading the model's config (a transformers model), or None when it reads or is not one."""
+    path = getattr(run, "model_path", None)
+    if path is None:
+        return None
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is the named model's
+        return e
+    return None
+
+
+def _raised_in(e: BaseException) -> str:
+    """The top-level package of the innermost frame of the traceback (`kernels`, `transformers`, ...)."""
+    tb = e.__traceback__
+    module = "?"
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", module)
+        tb = tb.tb_next
+    return module.split(".")[0]
 
 
 def preflight(configs: Iterable[ExperimentConfig]) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.config import family_dir, read_yaml
+from experiments.lockcheck import off_lock
 from experiments.profiles import Profile, load_profile
 from experiments.registry import Family, get_family
 from experiments.results import iter_records, read_record
@@ -277,6 +278,8 @@ def write_tables(
                "chosen_lr": {key_label(k): v for k, v in chosen.items()}}  # fmt: skip
     if rules:
         summary["scoring_rules"] = rules
+    if off := off_lock_runs(runs):
+        summary["off_lock"] = off
     _write(
         out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True, default=_json_default) + "\n"
     )
@@ -321,11 +324,16 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules) -> 
         "|---|---:|---:|---:|---|---:|" + "---:|" * len(tasks) + ("---:|" if rule_col else "")
         + ("---:|" if pm else ""),
     ]  # fmt: skip
+    off = {
+        e
+        for e, recs in runs.items()
+        if any(off_lock(x.get("provenance", {}).get("packages", {})) for x in recs)
+    }
     for r in rows:
         p = pm.get(r["experiment"], {})
         ref = r["paper_metric"] if rule_col else None
         lines.append(
-            f"| {r['experiment']} | {r['trainable']:,} | {r['head']:,} | {len(r['seeds'])} | {r['score']:.1f} "
+            f"| {r['experiment']}{' †' if r['experiment'] in off else ''} | {r['trainable']:,} | {r['head']:,} | {len(r['seeds'])} | {r['score']:.1f} "
             f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}] | {_fmt(r['seed_sd'])} | "
             + " | ".join(f"{r['per_task'][t]:.1f}" + _paper_cell(p.get(t), ref["per_task"][t] if ref else None,
                                                                rule_col) for t in tasks)
@@ -354,11 +362,39 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules) -> 
                 + " | ".join(_fmt(r["diagnostics"].get(k), ".3g") for k in keys)
                 + " |"
             )
+    lines += _off_lock_md(runs)
     lines += ["", "## Learning rates chosen on the validation split", ""]
     for key, c in sorted(chosen.items(), key=lambda kv: key_label(kv[0])):
         lines.append(f"- {key_label(key)}: " + ("tuning incomplete" if c is None else f"{c['lr']:g} ({c['metric']}: "
                      + ", ".join(f"{k} -> {v:.4f}" for k, v in c["scores"].items()) + ")"))  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def off_lock_runs(runs: Mapping[str, list[dict]]) -> dict[str, dict[str, tuple[str, str]]]:
+    """{run label: {package: (version, locked)}} for the records made with other releases than requirements.lock."""
+    out = {}
+    for exp, recs in runs.items():
+        for r in recs:
+            diff = off_lock(r.get("provenance", {}).get("packages", {}))
+            if diff:
+                out[
+                    f"{exp} {r.get('task') or ''} seed {r.get('seed')} lr {r.get('lr'):g}".replace("  ", " ")
+                ] = diff
+    return out
+
+
+def _off_lock_md(runs: Mapping[str, list[dict]]) -> list[str]:
+    off = off_lock_runs(runs)
+    if not off:
+        return []  # every record was made with the locked releases (the usual case: nothing to say)
+    lines = ["", f"## Records made with other package versions than requirements.lock ({len(off)} of "
+                 f"{sum(len(v) for v in runs.values())})", "",
+             "They are in the table above, their experiments marked †; a result of other versions may differ from a rerun with the lock.", ""]  # fmt: skip
+    for label, diff in sorted(off.items()):
+        lines.append(
+            f"- {label}: " + ", ".join(f"{n} {v} (lock {lk})" for n, (v, lk) in sorted(diff.items()))
+        )
+    return lines
 
 
 def _paper_cell(paper: float | None, under_rule: float | None, with_rule: bool) -> str:

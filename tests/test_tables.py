@@ -168,3 +168,46 @@ def test_llm_tables_set_the_reference_rule_beside_the_papers_numbers(tmp_path):
         p.unlink()
     write_tables("commonsense_llm", "paper", tmp_path, n_boot=50)
     assert all(p.read_bytes() == b for p, b in before.items())
+
+
+def test_records_made_with_other_package_versions_are_labelled_not_mixed_in_silently(tmp_path):
+    """Two runs, one made with the locked releases and one with a newer transformers: the table
+    marks the experiment and names the record and the versions; records all on the lock leave no such section."""
+    from experiments.commonsense.data import TASKS
+    from experiments.lockcheck import read_lock
+    from experiments.results import run_path, write_atomic
+    from experiments.tables import write_tables
+
+    lock = read_lock()
+    on_lock = {"transformers": lock["transformers"], "torch": lock["torch"] + "+cpu", "peft": lock["peft"]}
+    rng = np.random.default_rng(1)
+    for name, packages in (
+        ("llama-7b-lora-r32", on_lock),
+        ("llama-7b-loradash-r32", {**on_lock, "transformers": "99.0.0"}),
+    ):
+        correct = {t: (rng.random(20) < 0.7).astype(int).tolist() for t in TASKS}
+        rec = _llm_record(name, 0, correct, correct)
+        rec["provenance"]["packages"] = packages
+        write_atomic(run_path(tmp_path, "paper", "commonsense_llm", name, 0, rec["lr"]), rec)
+    write_tables("commonsense_llm", "paper", tmp_path, n_boot=20)
+    out = tmp_path / "paper" / "commonsense_llm"
+    table = (out / "table.md").read_text()
+    assert "| llama-7b-loradash-r32 † |" in table and "| llama-7b-lora-r32 |" in table
+    assert "## Records made with other package versions than requirements.lock (1 of 2)" in table
+    lr = _llm_record("llama-7b-loradash-r32", 0, {}, {})["lr"]
+    assert (
+        f"- llama-7b-loradash-r32 seed 0 lr {lr:g}: transformers 99.0.0 (lock {lock['transformers']})"
+        in table
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["off_lock"]) == [f"llama-7b-loradash-r32 seed 0 lr {lr:g}"]
+    # the same runs, all on the lock: no marker, no section
+    rec = json.loads(
+        run_path(tmp_path, "paper", "commonsense_llm", "llama-7b-loradash-r32", 0, lr).read_text()
+    )
+    rec["provenance"]["packages"] = on_lock
+    write_atomic(run_path(tmp_path, "paper", "commonsense_llm", "llama-7b-loradash-r32", 0, lr), rec)
+    write_tables("commonsense_llm", "paper", tmp_path, n_boot=20)
+    table = (out / "table.md").read_text()
+    assert "†" not in table and "other package versions" not in table
+    assert "off_lock" not in json.loads((out / "summary.json").read_text())

@@ -188,8 +188,10 @@ class CommonsenseRun(Family):
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForMultipleChoice
 
+        from experiments.loading import load_pretrained
+
         dtype = getattr(torch, self.cfg.model.dtype)
-        return AutoModelForMultipleChoice.from_pretrained(self.model_path, dtype=dtype)
+        return load_pretrained(AutoModelForMultipleChoice, self.model_path, dtype=dtype)
 
     def train_loader(self, seed: int, micro_batch_size: int) -> DataLoader:
         collate_fn = partial(collate, self.tokenizer, max_seq_len=self.cfg.data.max_seq_len)

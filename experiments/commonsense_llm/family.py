@@ -159,8 +159,10 @@ class CommonsenseCausalRun(CommonsenseRun):
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=getattr(torch, self.cfg.model.dtype)
+        from experiments.loading import load_pretrained
+
+        return load_pretrained(
+            AutoModelForCausalLM, self.model_path, dtype=getattr(torch, self.cfg.model.dtype)
         )
 
     def train_loader(self, seed: int, micro_batch_size: int) -> DataLoader:

@@ -167,10 +167,11 @@ def load_loradash_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import loradash
+    from experiments.loading import load_pretrained
 
     if isinstance(dtype, str) and dtype != "auto":  # lm-eval's model_args spell it "float16", "bfloat16", ...
         dtype = getattr(torch, dtype)
-    base = AutoModelForCausalLM.from_pretrained(os.fspath(base_model), dtype=dtype)
+    base = load_pretrained(AutoModelForCausalLM, os.fspath(base_model), dtype=dtype)
     model = loradash.from_pretrained(base, os.fspath(adapter))
     if merge:
         model = model.merge_and_unload()

@@ -176,14 +176,16 @@ class GlueRun(Family):
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
+        from experiments.loading import load_pretrained
+
         n = spec(self.task).num_labels
-        return AutoModelForSequenceClassification.from_pretrained(
+        return load_pretrained(
+            AutoModelForSequenceClassification,
             self.model_path,
             num_labels=n,
             problem_type="regression" if n == 1 else "single_label_classification",
             dtype=getattr(torch, self.cfg.model.dtype),
             ignore_mismatched_sizes=True,  # a checkpoint with another task's head gets a fresh head
-            use_safetensors=True,  # never unpickle a downloaded .bin
         )
 
     def train_loader(self, seed: int, micro_batch_size: int) -> DataLoader:
