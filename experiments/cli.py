@@ -11,6 +11,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import NoReturn
@@ -22,8 +23,29 @@ class UsageError(ValueError):
     """A mistake in what the user typed."""
 
 
-def _interrupt(signum, frame):  # SIGTERM (a killed sweep) is handled like Ctrl-C: runs record "interrupted"
-    raise KeyboardInterrupt(f"signal {signum}")
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a killed sweep), handled like Ctrl-C: runs record "interrupted"; the exit status is 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
+def check_results_dir(path: Path, *, must_exist: bool = False) -> None:
+    """The results folder exists or can be created, and takes a file: checked before anything trains (a run's
+    record is written after its training, so an unwritable folder would cost every run of a sweep)."""
+    if must_exist and not path.is_dir():
+        raise UsageError(f"--results-dir {path}: no such folder (no run records there)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--results-dir {path}: cannot create or write files there ({e.strerror or e})") from None
 
 
 def _positive_float(text: str) -> float:
@@ -141,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _dispatch(args)
+    except KeyboardInterrupt as e:
+        if getattr(args, "debug", False):
+            raise
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"interrupted ({signal.Signals(signum).name}): finished runs are kept and the interrupted ones are "
+              "marked; run the same command again to resume", file=sys.stderr)  # fmt: skip
+        return 128 + signum
     except Exception as e:
         if getattr(args, "debug", False) or not _is_user_error(e):
             raise
@@ -190,6 +219,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         profile = load_profile(args.family, args.profile)
         _check_task(args.family, args.task, profile)
+        check_results_dir(args.results_dir)
         cfg = load_experiment(
             args.family,
             args.experiment,
@@ -213,6 +243,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "sweep":
         from experiments.sweep import sweep
 
+        check_results_dir(args.results_dir)
         summary = sweep(
             args.family,
             args.profile,
@@ -253,6 +284,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "tables":
         from experiments.tables import write_tables
 
+        check_results_dir(args.results_dir, must_exist=True)
         for path in write_tables(args.family, args.profile, args.results_dir):
             print(path)
     elif args.command == "budget":
@@ -284,6 +316,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.family is not None:
             get_family(args.family)  # an unknown family: one line naming the known ones
             names = [args.family]
+        if args.with_profile is not None and not any(args.with_profile in list_profiles(n)
+                                                     for n in available_families()):  # fmt: skip
+            known = sorted({p for n in available_families() for p in list_profiles(n)})
+            raise UsageError(f"unknown profile {args.with_profile!r}: no family has it (known: {', '.join(known)})")
         names = [n for n in names if args.with_profile in (None, *list_profiles(n))]
         if args.family is not None and not names:
             print(f"family {args.family} has no profile {args.with_profile!r}: skipped "

@@ -10,10 +10,15 @@ from experiments.results import REPO_ROOT
 
 def shared_data_dir(env_var: str, folder: str, *, what: str, hint: str, repo_root: Path = REPO_ROOT) -> Path:
     """`$env_var`, else `<repo>/../shared/data/<folder>` (data sits beside the checkout, never inside it).
-    Raises FileNotFoundError naming both places and `hint` (how to get the data) when neither exists."""
+    Raises FileNotFoundError naming the place and `hint` (how to get the data) when the variable names a missing or
+    empty folder, or when it is unset and the default does not exist."""
     env = os.environ.get(env_var, "").strip()
     if env:
-        return Path(env).expanduser()
+        path = Path(env).expanduser()
+        if path.is_dir() and any(path.iterdir()):
+            return path
+        problem = "is an empty folder" if path.is_dir() else "is not a folder"
+        raise FileNotFoundError(f"no {what} data directory: {env_var}={env} {problem}; {hint}")
     shared = repo_root.parent / "shared" / "data" / folder
     if shared.is_dir():
         return shared

@@ -104,6 +104,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 def check_one_line(scratch: Scratch, capsys, argv: list[str], *expected: str) -> str:
     """Exit 2, one line on stderr containing every `expected` text, and no record changed."""
     before = snapshot(scratch.results)
+    argv = [a.replace("@", str(scratch.results.parent), 1) if a.startswith("@/") else a for a in argv]
     if "--results-dir" not in argv and argv[0] not in ("budget", "families"):
         argv = [*argv, "--results-dir", str(scratch.results)]
     code, err = run_cli(argv, capsys)
@@ -173,6 +174,15 @@ CASES: list[tuple[str, Setup, list[str], tuple[str, ...]]] = [
     ("missing-task", lambda s: None, ["run", "--family", "glue", "--profile", "smoke", "--experiment", "lora-r2",
                                       "--lr", "1e-3"], ("pass --task", "stsb")),
     ("budget-unknown-method", lambda s: None, ["budget", "--method", "lorra"], ("unknown method 'lorra'",)),
+    # -- results folder: checked before any run trains ---------------------------------------------------------
+    ("results-dir-under-a-file", lambda s: s.write("afile", "x", under=s.results.parent),
+     [*GLUE_SWEEP, "--results-dir", "@/afile/sub"], ("--results-dir", "afile/sub", "cannot create or write")),
+    ("results-dir-in-proc", lambda s: None, [*GLUE_SWEEP, "--results-dir", "/proc/x"],
+     ("--results-dir /proc/x", "cannot create or write")),
+    ("run-results-dir-under-a-file", lambda s: s.write("afile", "x", under=s.results.parent),
+     [*RUN, "--results-dir", "@/afile/sub"], ("--results-dir", "afile/sub", "cannot create or write")),
+    ("tables-results-dir-typo", lambda s: None, ["tables", "--family", "glue", "--profile", "smoke", "--results-dir",
+                                                 "/typo"], ("--results-dir /typo", "no such folder")),
     # -- command-line values -----------------------------------------------------------------------------------
     ("lr-negative", lambda s: None, ["run", "--profile", "smoke", "--experiment", "lora-r1", "--lr", "-1"],
      ("--lr", "must be a finite number > 0")),
@@ -184,7 +194,11 @@ CASES: list[tuple[str, Setup, list[str], tuple[str, ...]]] = [
     ("jobs-zero", lambda s: None, [*SWEEP, "--jobs", "0"], ("--jobs", "must be >= 1")),
     ("unknown-command-option", lambda s: None, [*SWEEP, "--jbos", "2"], ("unrecognized arguments", "--jbos")),
     # -- data: commonsense (LLM-Adapters JSON) -----------------------------------------------------------------
-    ("data-dir-missing", lambda s: shutil.rmtree(s.data), SWEEP, ("boolq/train.json", "not found")),
+    ("data-dir-missing", lambda s: shutil.rmtree(s.data), SWEEP, ("LORADASH_DATA_DIR=", "is not a folder")),
+    ("data-dir-empty", lambda s: (shutil.rmtree(s.data), s.data.mkdir()), SWEEP,
+     ("no commonsense", "LORADASH_DATA_DIR=", "is an empty folder")),
+    ("glue-data-dir-empty", lambda s: (shutil.rmtree(s.glue), s.glue.mkdir()), GLUE_SWEEP,
+     ("LORADASH_GLUE_DIR=", "is an empty folder")),
     ("data-file-missing", lambda s: (s.data / "ARC-Easy" / "train.json").unlink(), SWEEP,
      ("ARC-Easy/train.json", "not found")),
     ("data-truncated", lambda s: s.write("ARC-Easy/train.json", (SHARED / CS / "ARC-Easy" / "train.json")
@@ -248,8 +262,65 @@ def test_bad_input_is_one_line_and_nothing_is_lost(scratch, capsys, setup, argv,
     check_one_line(scratch, capsys, argv, *expected)
 
 
-def test_at_least_25_malformed_inputs():
-    assert len(CASES) >= 25
+@pytest.mark.parametrize("argv, expected", [
+    # what `make reproduce PROFILE=cpu-ful` and `FAMILY=glue PROFILE=paperr` ask (they ran nothing, exit 0)
+    (["families", "--with-profile", "cpu-ful", "--names"], ("unknown profile 'cpu-ful'", "no family has it", "cpu-full")),
+    (["families", "--with-profile", "paperr", "--names", "--family", "glue"], ("unknown profile 'paperr'", "paper")),
+])  # fmt: skip
+def test_a_profile_no_family_has_is_one_line_for_make(capsys, argv, expected):
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert all(t in err for t in expected), err
+
+
+def test_a_profile_only_other_families_have_is_skipped_with_a_note(capsys):
+    capsys.readouterr()
+    assert main(["families", "--with-profile", "cpu-power", "--names", "--family", "commonsense"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "" and "has no profile 'cpu-power': skipped" in err
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(scratch, capsys, monkeypatch):
+    """SIGINT in the middle of a sweep: one line, exit 130, the runs finished before it kept, the one it stopped
+    marked `interrupted`, and the same command again finishes the sweep."""
+    calls = {"n": 0}
+
+    def interrupted(cfg, *, seed, profile, progress=True):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return fake_train(cfg, seed=seed, profile=profile)
+
+    results = scratch.results.parent / "fresh"
+    monkeypatch.setattr(train_mod, "train_and_evaluate", interrupted)
+    code, err = run_cli([*GLUE_SWEEP, "--jobs", "1", "--results-dir", str(results)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 130 and len(lines) == 1 and "interrupted (SIGINT)" in lines[0], err
+    statuses = sorted(json.loads(p.read_text())["status"] for p in results.rglob("seed*.json"))
+    assert statuses == ["complete", "interrupted"]
+    monkeypatch.setattr(train_mod, "train_and_evaluate", fake_train)
+    assert run_cli([*GLUE_SWEEP, "--jobs", "1", "--results-dir", str(results)], capsys)[0] == 0
+    assert {json.loads(p.read_text())["status"] for p in results.rglob("seed*.json")} == {"complete"}
+
+
+def test_sigterm_exits_143(scratch, capsys, monkeypatch):
+    from experiments.cli import Interrupted
+
+    def killed(cfg, *, seed, profile, progress=True):
+        raise Interrupted(15)
+
+    monkeypatch.setattr(train_mod, "train_and_evaluate", killed)
+    code, err = run_cli([*GLUE_SWEEP, "--jobs", "1", "--results-dir", str(scratch.results.parent / "t")], capsys)
+    assert code == 143 and "interrupted (SIGTERM)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unwritable_results_folder_trains_nothing(scratch, capsys, monkeypatch):
+    def must_not_train(*a, **k):
+        raise AssertionError("trained before the results folder was checked")
+
+    monkeypatch.setattr(train_mod, "train_and_evaluate", must_not_train)
+    scratch.write("afile", "x", under=scratch.results.parent)
+    check_one_line(scratch, capsys, [*GLUE_SWEEP, "--results-dir", "@/afile/sub"], "cannot create or write")
 
 
 def test_a_nan_loss_leaves_a_failed_record_and_one_line(scratch, capsys, monkeypatch):
