@@ -45,7 +45,9 @@ def check_results_dir(path: Path, *, must_exist: bool = False) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
             pass
     except OSError as e:
-        raise UsageError(f"--results-dir {path}: cannot create or write files there ({e.strerror or e})") from None
+        raise UsageError(
+            f"--results-dir {path}: cannot create or write files there ({e.strerror or e})"
+        ) from None
 
 
 def _positive_float(text: str) -> float:
@@ -179,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(e: Exception) -> bool:
     from baselines import UnknownMethodError
-    from experiments.config import ConfigError
-    from experiments.preflight import IncompatiblePackagesError
-    from experiments.registry import UnknownFamilyError
+    from experiments.harness.config import ConfigError
+    from experiments.harness.preflight import IncompatiblePackagesError
+    from experiments.harness.registry import UnknownFamilyError
 
     # FloatingPointError: a run diverged (non-finite loss); its record says "failed" and the next sweep retries it.
     return isinstance(e, (UsageError, ConfigError, UnknownFamilyError, UnknownMethodError, FileNotFoundError,
@@ -194,7 +196,7 @@ def _one_line(e: Exception) -> str:
 
 
 def _check_task(family: str, task: str | None, profile) -> None:
-    from experiments.registry import get_family
+    from experiments.harness.registry import get_family
 
     if get_family(family).one_task_per_run:
         if task is None:
@@ -211,11 +213,11 @@ def _check_task(family: str, task: str | None, profile) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from experiments.config import load_experiment
-        from experiments.preflight import preflight
-        from experiments.profiles import load_profile
-        from experiments.results import read_record, run_path
-        from experiments.train import run
+        from experiments.harness.config import load_experiment
+        from experiments.harness.preflight import preflight
+        from experiments.harness.profiles import load_profile
+        from experiments.harness.records import read_record, run_path
+        from experiments.harness.train import run
 
         profile = load_profile(args.family, args.profile)
         _check_task(args.family, args.task, profile)
@@ -241,7 +243,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                   progress=not args.no_progress)  # fmt: skip
         print(f"{path}: {rec['test']['primary_metric']} {rec['test']['score']:.4f}")
     elif args.command == "sweep":
-        from experiments.sweep import sweep
+        from experiments.harness.sweep import sweep
 
         check_results_dir(args.results_dir)
         summary = sweep(
@@ -255,7 +257,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         failed = summary["tune"]["failed"] + summary["final"]["failed"]
         return 1 if failed else 0
     elif args.command == "list":
-        from experiments.sweep import plan_status
+        from experiments.harness.sweep import plan_status
 
         rows = plan_status(args.family, args.profile, args.results_dir)
         estimates = _estimates(args.family, args.profile) if args.estimate else {}
@@ -282,19 +284,19 @@ def _dispatch(args: argparse.Namespace) -> int:
                 assumptions = next(iter(estimates.values())).get("assumptions", "")
                 print(f"estimated total: {total:.0f} GPU-hours; rough, assuming {assumptions}")
     elif args.command == "tables":
-        from experiments.tables import write_tables
+        from experiments.report.tables import write_tables
 
         check_results_dir(args.results_dir, must_exist=True)
         for path in write_tables(args.family, args.profile, args.results_dir):
             print(path)
     elif args.command == "budget":
-        from experiments.budget_cli import print_budget
+        from experiments.analysis.budget import print_budget
 
         print_budget(args.family, args.method, args.rank, args.experiment)
     elif args.command == "verify":
         import tempfile
 
-        from experiments.verify import report, verify
+        from experiments.analysis.verify import report, verify
 
         scratch = args.scratch or Path(tempfile.mkdtemp(prefix="loradash-verify-"))
         rows = verify(
@@ -304,13 +306,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         (scratch / "verify.md").write_text(text)
         print(text + f"reruns and report in {scratch}")
     elif args.command == "analyze":
-        from experiments.analysis import analyze
+        from experiments.analysis.tsd import analyze
 
         for path in analyze(args.family, args.profile, args.results_dir, train=args.train):
             print(path)
     elif args.command == "families":
-        from experiments.profiles import list_profiles
-        from experiments.registry import available_families, get_family
+        from experiments.harness.profiles import list_profiles
+        from experiments.harness.registry import available_families, get_family
 
         names = available_families()
         if args.family is not None:
@@ -319,7 +321,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.with_profile is not None and not any(args.with_profile in list_profiles(n)
                                                      for n in available_families()):  # fmt: skip
             known = sorted({p for n in available_families() for p in list_profiles(n)})
-            raise UsageError(f"unknown profile {args.with_profile!r}: no family has it (known: {', '.join(known)})")
+            raise UsageError(
+                f"unknown profile {args.with_profile!r}: no family has it (known: {', '.join(known)})"
+            )
         names = [n for n in names if args.with_profile in (None, *list_profiles(n))]
         if args.family is not None and not names:
             print(f"family {args.family} has no profile {args.with_profile!r}: skipped "
@@ -337,9 +341,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _estimates(family: str, profile_name: str) -> dict:
-    from experiments.profiles import load_profile
-    from experiments.registry import get_family
-    from experiments.sweep import load_configs
+    from experiments.harness.profiles import load_profile
+    from experiments.harness.registry import get_family
+    from experiments.harness.sweep import load_configs
 
     fam = get_family(family)
     out = {}

@@ -11,10 +11,10 @@ import torch
 from experiments.commonsense.data import LABELS
 from experiments.commonsense_llm.estimate import estimate_run, forward_call_launch_update, launch_update
 from experiments.commonsense_llm.family import CommonsenseCausalRun
-from experiments.config import EXPERIMENTS_ROOT, load_experiment, read_yaml, with_overrides
-from experiments.profiles import load_profile
-from experiments.results import read_record, validate_record
-from experiments.train import run
+from experiments.harness.config import EXPERIMENTS_ROOT, load_experiment, read_yaml, with_overrides
+from experiments.harness.profiles import load_profile
+from experiments.harness.records import read_record, validate_record
+from experiments.harness.train import run
 from tests.helpers import ScriptedModel, build_tiny_llama, build_tokenizer, fixture_examples
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")

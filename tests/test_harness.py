@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from baselines import available_methods, build_method
-from experiments import sweep as sweep_mod
-from experiments import train as train_mod
-from experiments.config import ConfigError, family_dir, list_experiments, load_experiment
-from experiments.profiles import list_profiles, load_profile
-from experiments.registry import available_families, get_family
-from experiments.results import read_record, run_path, validate_record
-from experiments.tables import write_tables
+from experiments.harness import sweep as sweep_mod
+from experiments.harness import train as train_mod
+from experiments.harness.config import ConfigError, family_dir, list_experiments, load_experiment
+from experiments.harness.profiles import list_profiles, load_profile
+from experiments.harness.records import read_record, run_path, validate_record
+from experiments.harness.registry import available_families, get_family
+from experiments.report.tables import write_tables
 
 FAMILIES = tuple(available_families())
 
@@ -77,7 +77,7 @@ def family(tmp_path, monkeypatch):
     """A scratch copy of the commonsense family folder, so tests can write broken configs into it."""
     import shutil
 
-    import experiments.config as config_mod
+    import experiments.harness.config as config_mod
 
     root = tmp_path / "exps"
     shutil.copytree(
@@ -290,7 +290,7 @@ def test_corrupt_record_is_reported_not_skipped(tmp_path):
 
 
 def test_learning_rates_never_share_a_record_file():
-    from experiments.results import lr_tag
+    from experiments.harness.records import lr_tag
 
     rates = [1e-3, 1.5e-3, 2e-3, 2.2e-3, 5e-5, 1e-4, 3e-4, 1.25e-4]
     assert len({lr_tag(r) for r in rates}) == len(rates)

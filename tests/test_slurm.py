@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import sweep as sweep_mod
-from experiments import train as train_mod
-from experiments.results import read_record
+from experiments.harness import sweep as sweep_mod
+from experiments.harness import train as train_mod
+from experiments.harness.records import read_record
 from tests.test_harness import fake_train, n_planned
 
 submitit = pytest.importorskip("submitit")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments import stats
 from experiments.glue.metrics import batch_scores, task_metrics
+from experiments.report import stats
 from tests.helpers import mean_correct, simulate_tables
 
 

@@ -26,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from experiments.datadir import shared_data_dir
+from experiments.harness.datadir import shared_data_dir
 
 __all__ = [
     "DATA_ENV_VAR",

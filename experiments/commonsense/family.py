@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader
 
 from experiments.commonsense.data import Example, default_data_dir, load_examples, load_mixed, task_file
 from experiments.commonsense.multiple_choice import collate, loss_fn, predict
-from experiments.config import ExperimentConfig, check_positive
-from experiments.registry import Family, Metric, register_family, shuffled_loader
-from experiments.results import REPO_ROOT, file_sha256, model_identity
+from experiments.harness.config import ExperimentConfig, check_positive
+from experiments.harness.records import REPO_ROOT, file_sha256, model_identity
+from experiments.harness.registry import Family, Metric, register_family, shuffled_loader
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ class CommonsenseRun(Family):
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForMultipleChoice
 
-        from experiments.loading import load_pretrained
+        from experiments.harness.loading import load_pretrained
 
         dtype = getattr(torch, self.cfg.model.dtype)
         return load_pretrained(AutoModelForMultipleChoice, self.model_path, dtype=dtype)

@@ -15,7 +15,7 @@ import torch
 
 from baselines import build_method
 from baselines.budget import base_param_count, target_layer_shapes
-from experiments.config import ExperimentConfig
+from experiments.harness.config import ExperimentConfig
 
 # Architectures of the paper's models (their config.json values), so the plan needs no hub access.
 KNOWN_ARCHS: dict[str, dict[str, Any]] = {

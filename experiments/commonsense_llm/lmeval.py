@@ -167,7 +167,7 @@ def load_loradash_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import loradash
-    from experiments.loading import load_pretrained
+    from experiments.harness.loading import load_pretrained
 
     if isinstance(dtype, str) and dtype != "auto":  # lm-eval's model_args spell it "float16", "bfloat16", ...
         dtype = getattr(torch, dtype)

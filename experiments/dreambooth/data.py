@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.datadir import shared_data_dir
+from experiments.harness.datadir import shared_data_dir
 
 DATA_ENV_VAR = "LORADASH_DREAMBOOTH_DIR"
 PROMPTS_FILE = "prompts_and_classes.txt"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.datadir import shared_data_dir
+from experiments.harness.datadir import shared_data_dir
 
 DATA_ENV_VAR = "LORADASH_GLUE_DIR"
 

@@ -13,8 +13,8 @@ import torch
 
 from baselines import build_method
 from baselines.budget import base_param_count, target_layer_shapes
-from experiments.config import ExperimentConfig
 from experiments.glue.data import spec
+from experiments.harness.config import ExperimentConfig
 
 # config.json values of the paper's encoders, so the plan needs no hub access
 KNOWN_ARCHS: dict[str, dict[str, Any]] = {

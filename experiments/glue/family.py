@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from experiments.commonsense.family import resolve_model
-from experiments.config import ExperimentConfig, check_positive
 from experiments.glue.data import (
     TASKS,
     GlueExample,
@@ -34,8 +33,9 @@ from experiments.glue.data import (
     task_file,
 )
 from experiments.glue.metrics import batch_scores, task_metrics
-from experiments.registry import Family, Metric, register_family, shuffled_loader
-from experiments.results import REPO_ROOT, file_sha256, model_identity
+from experiments.harness.config import ExperimentConfig, check_positive
+from experiments.harness.records import REPO_ROOT, file_sha256, model_identity
+from experiments.harness.registry import Family, Metric, register_family, shuffled_loader
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ class GlueRun(Family):
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
-        from experiments.loading import load_pretrained
+        from experiments.harness.loading import load_pretrained
 
         n = spec(self.task).num_labels
         return load_pretrained(

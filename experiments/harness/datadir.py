@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from experiments.results import REPO_ROOT
+from experiments.harness.records import REPO_ROOT
 
 
 def shared_data_dir(env_var: str, folder: str, *, what: str, hint: str, repo_root: Path = REPO_ROOT) -> Path:

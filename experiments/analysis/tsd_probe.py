@@ -28,8 +28,8 @@ from torch import nn
 
 import loradash
 from baselines import build_method
-from experiments.config import ExperimentConfig
-from experiments.registry import Family, get_family
+from experiments.harness.config import ExperimentConfig
+from experiments.harness.registry import Family, get_family
 
 _PEFT_PREFIX = "base_model.model."
 

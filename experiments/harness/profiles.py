@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments.config import (
+from experiments.harness.config import (
     ConfigError,
     check_layer,
     family_dir,
@@ -13,7 +13,7 @@ from experiments.config import (
     read_yaml,
     sections_for,
 )
-from experiments.registry import get_family
+from experiments.harness.registry import get_family
 
 PROFILE_KEYS = {
     "description",

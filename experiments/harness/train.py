@@ -21,10 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from baselines import build_method
-from experiments import checkpoint as ckpt
-from experiments.config import ExperimentConfig, config_hash, with_overrides
-from experiments.registry import get_family
-from experiments.results import (
+from experiments.harness import checkpoint as ckpt
+from experiments.harness.config import ExperimentConfig, config_hash, with_overrides
+from experiments.harness.records import (
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
     peak_memory_mib,
@@ -33,6 +32,7 @@ from experiments.results import (
     validate_record,
     write_atomic,
 )
+from experiments.harness.registry import get_family
 
 
 def _cycle(loader: Any) -> Iterator[Any]:

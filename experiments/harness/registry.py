@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-EXPERIMENTS_ROOT = Path(__file__).resolve().parent
+EXPERIMENTS_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)

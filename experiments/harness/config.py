@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-EXPERIMENTS_ROOT = Path(__file__).resolve().parent
+EXPERIMENTS_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ConfigError(ValueError):
@@ -128,7 +128,7 @@ def config_hash(cfg: ExperimentConfig, resolved_method_params: dict[str, Any] | 
 
 
 def sections_for(family: str) -> dict[str, type]:
-    from experiments.registry import get_family
+    from experiments.harness.registry import get_family
 
     fam = get_family(family)
     return {"model": ModelConfig, "data": fam.data_config, "train": TrainConfig, "eval": fam.eval_config}
@@ -212,7 +212,7 @@ def check_positive(
 def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
     """Checks of values (not types) on the merged config; errors name the file that set the key."""
     from baselines import get_method
-    from experiments.registry import get_family
+    from experiments.harness.registry import get_family
 
     t = cfg.train
     fam = get_family(cfg.family)
@@ -266,7 +266,7 @@ def read_yaml(path: Path) -> Any:
 
 
 def family_dir(family: str) -> Path:
-    from experiments.registry import get_family
+    from experiments.harness.registry import get_family
 
     get_family(family)  # an unknown family lists the known ones
     return EXPERIMENTS_ROOT / family

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from experiments.config import ConfigError, ExperimentConfig
-from experiments.loading import stack_versions
-from experiments.registry import Family, get_family
+from experiments.harness.config import ConfigError, ExperimentConfig
+from experiments.harness.loading import stack_versions
+from experiments.harness.registry import Family, get_family
 
 
 @contextlib.contextmanager

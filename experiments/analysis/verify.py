@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from experiments import stats
-from experiments.config import load_experiment
-from experiments.profiles import load_profile
-from experiments.registry import get_family
-from experiments.results import iter_records, read_record
+from experiments.harness.config import load_experiment
+from experiments.harness.profiles import load_profile
+from experiments.harness.records import iter_records, read_record
+from experiments.harness.registry import get_family
+from experiments.report import stats
 
 
 def pick_sample(records: list[dict], experiments: list[str], n: int) -> list[dict]:
@@ -59,7 +59,7 @@ def compare(old: dict[str, Any], new: dict[str, Any], family: str) -> dict[str, 
 
 def verify(family: str, profile_name: str, results_dir: Path, scratch: Path, *, n: int = 2,
            experiments: list[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    from experiments.train import run
+    from experiments.harness.train import run
 
     profile = load_profile(family, profile_name)
     records = [r for p in iter_records(results_dir / profile.name / family) if (r := read_record(p))

@@ -20,11 +20,11 @@ from typing import Any
 
 from baselines import build_method
 from experiments.cli import UsageError
-from experiments.config import ExperimentConfig, config_hash, load_experiment, with_overrides
-from experiments.preflight import preflight
-from experiments.profiles import Profile, load_profile
-from experiments.registry import get_family
-from experiments.results import iter_records, read_record, run_path, write_atomic
+from experiments.harness.config import ExperimentConfig, config_hash, load_experiment, with_overrides
+from experiments.harness.preflight import preflight
+from experiments.harness.profiles import Profile, load_profile
+from experiments.harness.records import iter_records, read_record, run_path, write_atomic
+from experiments.harness.registry import get_family
 
 Key = tuple[str, str | None]  # (experiment, task); task is None for families that score every task per run
 
@@ -150,7 +150,7 @@ Executor = Callable[[PlannedRun], None]
 def _in_process(
     profile: Profile, configs: dict[Key, ExperimentConfig], results_dir: Path, progress: bool
 ) -> Executor:
-    from experiments.train import run
+    from experiments.harness.train import run
 
     def execute(r: PlannedRun) -> None:
         run(configs[(r.experiment, r.task)], seed=r.seed, lr=r.lr, profile=profile.name,

@@ -53,7 +53,7 @@ PACKAGES = (
     "scipy",
     "loradash",
 )
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def lr_tag(lr: float) -> str:
