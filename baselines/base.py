@@ -20,6 +20,8 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
+from .errors import UserError
+
 __all__ = [
     "AdapterMethod",
     "Method",
@@ -344,7 +346,7 @@ class AdapterMethod(Method):
 _REGISTRY: dict[str, type[Method]] = {}
 
 
-class UnknownMethodError(KeyError, ValueError):
+class UnknownMethodError(UserError, KeyError, ValueError):
     """An unknown method name (a KeyError for lookups, a ValueError for config validation)."""
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it

@@ -154,8 +154,8 @@ def test_a_setting_added_later_leaves_earlier_records_current():
     """`init_lora_weights` joined LoRA's hyper-parameters after results were committed: at its old value it is
     left out of the config hash (earlier records stay current); another value changes the hash."""
     from experiments.harness.config import HASHED_UNLESS, config_hash
+    from experiments.harness.plan import load_configs
     from experiments.harness.profiles import load_profile
-    from experiments.harness.sweep import load_configs
 
     cfg = next(c for c in load_configs(load_profile("glue", "smoke")).values() if c.method.name == "lora")
     resolved = dict(build_method("lora", **cfg.method.params).params)

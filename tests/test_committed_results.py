@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from experiments.harness.plan import plan_status
 from experiments.harness.records import REPO_ROOT
-from experiments.harness.sweep import plan_status
 from experiments.report.tables import write_tables
 
 RESULTS = REPO_ROOT / "results"

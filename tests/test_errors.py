@@ -365,7 +365,7 @@ def test_a_nan_loss_leaves_a_failed_record_and_one_line(scratch, capsys, monkeyp
     assert code == 2 and len(lines) == 1, err
     assert "non-finite training loss nan at step 0" in lines[0] and str(path) in lines[0]
     rec = read_record(path)
-    assert rec["status"] == "failed" and "FloatingPointError" in rec["error"]
+    assert rec["status"] == "failed" and "DivergedError" in rec["error"]
     after = snapshot(scratch.results)
     assert {k: after[k] for k in before} == before  # the records already written are untouched
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from baselines import available_methods, build_method
+from experiments.harness import plan as plan_mod
 from experiments.harness import sweep as sweep_mod
 from experiments.harness import train as train_mod
 from experiments.harness.config import ConfigError, family_dir, list_experiments, load_experiment
@@ -220,13 +221,13 @@ def test_interrupted_sweep_resumes_each_run_exactly_once(fam, tmp_path, monkeypa
     monkeypatch.setattr(train_mod, "train_and_evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sweep_mod.sweep(fam, "smoke", tmp_path, jobs=1, progress=False, log=lambda s: None)
-    statuses = [r["status"] for r in sweep_mod.plan_status(fam, "smoke", tmp_path)]
+    statuses = [r["status"] for r in plan_mod.plan_status(fam, "smoke", tmp_path)]
     assert statuses.count("complete") == 2 and statuses.count("interrupted") == 1
     summary = sweep_mod.sweep(fam, "smoke", tmp_path, jobs=1, progress=False, log=lambda s: None)
     n = n_planned(fam)
     assert summary["tune"] == {"skipped": 2, "complete": n - 2, "failed": 0}
     assert len(completed) == len(set(completed)) == n  # each run completed exactly once
-    assert all(r["status"] == "complete" for r in sweep_mod.plan_status(fam, "smoke", tmp_path))
+    assert all(r["status"] == "complete" for r in plan_mod.plan_status(fam, "smoke", tmp_path))
     again = sweep_mod.sweep(fam, "smoke", tmp_path, jobs=1, progress=False, log=lambda s: None)
     assert again["tune"]["complete"] == 0 and len(completed) == n
 
@@ -272,7 +273,7 @@ def test_changed_config_makes_a_record_stale_and_the_old_one_is_kept(tmp_path, m
     path = run_path(tmp_path, "smoke", "commonsense", "lora-r1", 0, 1e-3)
     old = path.read_text()
     (family / "lora-r1" / "experiment.yaml").write_text("method: {name: lora, r: 1, lora_dropout: 0.1}\n")
-    rows = {r["experiment"]: r["status"] for r in sweep_mod.plan_status("commonsense", "smoke", tmp_path)}
+    rows = {r["experiment"]: r["status"] for r in plan_mod.plan_status("commonsense", "smoke", tmp_path)}
     assert rows["lora-r1"] == "stale" and rows["loradash-r1"] == "complete"
     summary = sweep_mod.sweep("commonsense", "smoke", tmp_path, jobs=1, progress=False, log=lambda s: None)
     assert summary["tune"]["complete"] == 1
@@ -286,7 +287,7 @@ def test_corrupt_record_is_reported_not_skipped(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text('{"status": "compl')
     with pytest.raises(ValueError, match="corrupt run record"):
-        sweep_mod.plan_status("commonsense", "smoke", tmp_path)
+        plan_mod.plan_status("commonsense", "smoke", tmp_path)
 
 
 def test_learning_rates_never_share_a_record_file():
@@ -339,7 +340,7 @@ def test_smoke_profile_end_to_end_every_method(fam, tmp_path):
     assert summary["tune"] == {"skipped": 0, "complete": n_planned(fam), "failed": 0}
     methods = set()
     family_cls = get_family(fam)
-    for row in sweep_mod.plan_status(fam, "smoke", tmp_path):
+    for row in plan_mod.plan_status(fam, "smoke", tmp_path):
         rec = read_record(__import__("pathlib").Path(row["path"]))
         assert rec["status"] == "complete" and validate_record(rec, family_cls.primary_metric) == []
         assert rec["provenance"]["git"]["commit"] and rec["identity"]["data"]["files"]

@@ -85,8 +85,8 @@ def _llm_record(name: str, seed: int, correct: dict, correct_reference: dict) ->
     correctness under each extraction rule (the primary is whole_word)."""
     from baselines import build_method
     from experiments.commonsense_llm.family import EXTRACTION_DESCRIPTIONS
+    from experiments.harness.plan import load_configs, planned_hash
     from experiments.harness.profiles import load_profile
-    from experiments.harness.sweep import load_configs, planned_hash
 
     profile = load_profile("commonsense_llm", "paper")
     cfg = load_configs(profile)[(name, None)]

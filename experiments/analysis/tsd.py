@@ -29,7 +29,7 @@ from experiments.analysis import tsd_report as report
 from experiments.analysis.tsd_probe import ProbeResult, ProbeSettings, run_probe
 from experiments.analysis.tsd_report import BINS, EDGE
 from experiments.harness.config import ExperimentConfig, MethodConfig, _build, load_experiment, sections_for
-from experiments.harness.profiles import load_profile
+from experiments.harness.profiles import experiment_config, load_profile
 from experiments.harness.records import iter_records, read_record
 
 DASH_METHOD = "loradash"  # the records this analysis reads
@@ -304,9 +304,7 @@ def probe_config(family: str, profile: str, experiment: str | None, task: str | 
         else:
             experiment = p.experiments[0]
     task = task if task is not None else p.task_list[0]
-    return load_experiment(family, experiment, profile_overrides=p.overrides, profile_source=p.source,
-                           method_overrides=p.method_overrides, task=task,
-                           task_overrides=(p.tasks or {}).get(task) if task is not None else None)  # fmt: skip
+    return experiment_config(p, experiment, task)
 
 
 def probe_record(cfg: ExperimentConfig, settings: ProbeSettings, probe: ProbeResult,

@@ -29,6 +29,7 @@ from torch import nn
 import loradash
 from baselines import build_method
 from experiments.harness.config import ExperimentConfig
+from experiments.harness.errors import DivergedError
 from experiments.harness.registry import Family, get_family
 
 _PEFT_PREFIX = "base_model.model."
@@ -163,7 +164,7 @@ def train_steps(
         for _ in range(t.grad_accum):
             loss = family.loss(model, _to(next(batches), device)) / t.grad_accum
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step}")
+                raise DivergedError(f"non-finite training loss {loss.item()} at step {step}")
             loss.backward()
             total += float(loss.detach())
         if t.max_grad_norm:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from experiments.commonsense.data import Example, default_data_dir, load_examples, load_mixed, task_file
 from experiments.commonsense.multiple_choice import collate, loss_fn, predict
 from experiments.harness.config import ExperimentConfig, check_positive
+from experiments.harness.errors import MissingFileError
 from experiments.harness.records import REPO_ROOT, file_sha256, model_identity
 from experiments.harness.registry import Family, Metric, register_family, shuffled_loader
 
@@ -125,7 +126,7 @@ def load_test_sets(
         test[task] = [items[i] for i in keep]
         ids[task] = keep
     if not test:
-        raise FileNotFoundError(f"none of data.eval_tasks {list(d.eval_tasks)} has a test file in {data_dir}")
+        raise MissingFileError(f"none of data.eval_tasks {list(d.eval_tasks)} has a test file in {data_dir}")
     return test, missing, files, ids
 
 

@@ -29,6 +29,7 @@ import yaml
 
 from experiments.commonsense.data import TASKS, default_data_dir, task_file
 from experiments.commonsense_llm.prompts import PromptTemplate, build_prompt
+from experiments.harness.errors import MissingFileError
 
 __all__ = [
     "DEFAULT_ANSWER_PREFIX",
@@ -124,7 +125,7 @@ def write_task_configs(
     for task in tasks:
         data_file = task_file(task, split, data_dir)
         if not data_file.is_file():
-            raise FileNotFoundError(f"no {task} {split} file at {data_file}")
+            raise MissingFileError(f"no {task} {split} file at {data_file}")
         config = task_config(task, data_file, template=template, answer_prefix=answer_prefix)
         path = out / f"{config['task']}.yaml"
         # width=inf: never fold the long prompt strings (folding is lossless, but unreadable).

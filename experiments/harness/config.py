@@ -18,15 +18,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from experiments.harness.errors import ConfigError, MissingFileError
+
 EXPERIMENTS_ROOT = Path(__file__).resolve().parents[1]
-
-
-class ConfigError(ValueError):
-    """A config problem, naming the file and the key."""
-
-    def __init__(self, source: str | Path, key: str, problem: str):
-        super().__init__(f"{source}: {key}: {problem}")
-        self.source, self.key, self.problem = str(source), key, problem
 
 
 @dataclass(frozen=True)
@@ -256,7 +250,7 @@ def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
 
 def read_yaml(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise MissingFileError(f"config file not found: {path}")
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from experiments.harness.errors import MissingFileError
 from experiments.harness.records import REPO_ROOT
 
 
@@ -18,10 +19,10 @@ def shared_data_dir(env_var: str, folder: str, *, what: str, hint: str, repo_roo
         if path.is_dir() and any(path.iterdir()):
             return path
         problem = "is an empty folder" if path.is_dir() else "is not a folder"
-        raise FileNotFoundError(f"no {what} data directory: {env_var}={env} {problem}; {hint}")
+        raise MissingFileError(f"no {what} data directory: {env_var}={env} {problem}; {hint}")
     shared = repo_root.parent / "shared" / "data" / folder
     if shared.is_dir():
         return shared
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no {what} data directory: {env_var} is unset and {shared} does not exist; {hint}"
     )

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from experiments.harness.config import ConfigError, ExperimentConfig
+from experiments.harness.errors import IncompatiblePackagesError
 from experiments.harness.loading import stack_versions
 from experiments.harness.registry import Family, get_family
 
@@ -117,10 +118,6 @@ def meta_model(run: Family) -> torch.nn.Module:
             f"file (its config reads): {type(e).__name__}: {e} [raised in {_raised_in(e)}; {stack_versions()}]. "
             "`make setup` installs the versions the suite passed with (requirements.lock)"
         ) from e
-
-
-class IncompatiblePackagesError(RuntimeError):
-    """A failure inside a dependency while building a model whose files read: not the user's mistake."""
 
 
 def _config_unreadable(run: Family) -> Exception | None:

@@ -7,9 +7,11 @@ from typing import Any
 
 from experiments.harness.config import (
     ConfigError,
+    ExperimentConfig,
     check_layer,
     family_dir,
     list_experiments,
+    load_experiment,
     read_yaml,
     sections_for,
 )
@@ -82,6 +84,21 @@ class Profile:
                 )
             return (float(config_lr),)
         return grid  # type: ignore[return-value]
+
+
+def experiment_config(profile: Profile, experiment: str, task: str | None = None) -> ExperimentConfig:
+    """The config of one run of `profile`: the family's defaults <- the profile's overrides <- its overrides for
+    `task` <- the experiment's overrides, with the profile's method overrides. The one place a profile becomes
+    a config (the CLI, sweeps, tables, verify and the analysis all call it)."""
+    return load_experiment(
+        profile.family,
+        experiment,
+        profile_overrides=profile.overrides,
+        profile_source=profile.source,
+        method_overrides=profile.method_overrides,
+        task=task,
+        task_overrides=(profile.tasks or {}).get(task) if task is not None else None,
+    )
 
 
 def list_profiles(family: str) -> list[str]:

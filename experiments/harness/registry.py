@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from experiments.harness.errors import UnknownFamilyError
+
 EXPERIMENTS_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,10 +48,6 @@ class Metric:
 @dataclass(frozen=True)
 class NoEvalConfig:
     """For families whose test scoring has no settings."""
-
-
-class UnknownFamilyError(ValueError):
-    pass
 
 
 class Family(abc.ABC):

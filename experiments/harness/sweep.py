@@ -1,10 +1,7 @@
-"""Sweeps: the plan of runs a profile asks for, what is missing or stale, learning-rate choice, execution.
-
-A run is done when its record says "complete" and its config hash equals the planned config's; anything else
-(absent, failed, interrupted, stale) is run again, so a killed sweep resumes where it stopped and a complete,
-current run is never repeated. A stale record (its config has changed since) is kept beside the new one as
-`<name>.json.stale-<hash>`, never overwritten. The learning rate of each (experiment, task) is chosen on the
-validation split from the tuning seeds' runs over the profile's grid; the other seeds then run at that rate.
+"""Sweeps: run what the plan (`plan.py`) says is missing or stale, in this process, in subprocesses or as SLURM
+jobs; then choose each rate and run the other seeds. Resumable: a killed sweep resumes where it stopped and a
+complete, current run is never repeated. A stale record (its config has changed since) is kept beside the new
+one as `<name>.json.stale-<hash>`, never overwritten.
 """
 
 from __future__ import annotations
@@ -14,135 +11,24 @@ import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from baselines import build_method
-from experiments.cli import UsageError
-from experiments.harness.config import ExperimentConfig, config_hash, load_experiment, with_overrides
+from experiments.harness.config import ExperimentConfig
+from experiments.harness.errors import UsageError
+from experiments.harness.plan import (
+    Key,
+    PlannedRun,
+    final_plan,
+    key_label,
+    load_configs,
+    selected_lr_path,
+    tune_plan,
+)
 from experiments.harness.preflight import preflight
-from experiments.harness.profiles import Profile, load_profile
-from experiments.harness.records import iter_records, read_record, run_path, write_atomic
+from experiments.harness.profiles import Profile, experiment_config, load_profile
+from experiments.harness.records import check_results_dir, iter_records, read_record, run_path, write_atomic
 from experiments.harness.registry import get_family
-
-Key = tuple[str, str | None]  # (experiment, task); task is None for families that score every task per run
-
-
-def key_label(key: Key) -> str:
-    return key[0] if key[1] is None else f"{key[0]}/{key[1]}"
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    experiment: str
-    task: str | None
-    seed: int
-    lr: float
-    stage: str  # "tune" (grid x tune seeds) or "final" (other seeds at the chosen rate)
-    path: Path
-    config_hash: str
-
-    def status(self) -> str:
-        """missing / complete / failed / interrupted / stale (complete, but for a config that has changed)."""
-        rec = read_record(self.path)
-        if rec is None:
-            return "missing"
-        if rec.get("status") == "complete" and rec.get("config_hash") != self.config_hash:
-            return "stale"
-        return str(rec.get("status"))
-
-    def set_aside_stale(self) -> Path | None:
-        """Move a stale record out of the way (kept beside the new one, never overwritten)."""
-        if self.status() != "stale":
-            return None
-        rec = read_record(self.path) or {}
-        dest = self.path.with_name(f"{self.path.name}.stale-{rec.get('config_hash') or 'unhashed'}")
-        self.path.replace(dest)
-        return dest
-
-
-def load_configs(profile: Profile) -> dict[Key, ExperimentConfig]:
-    return {
-        (name, task): load_experiment(
-            profile.family,
-            name,
-            profile_overrides=profile.overrides,
-            profile_source=profile.source,
-            method_overrides=profile.method_overrides,
-            task=task,
-            task_overrides=(profile.tasks or {}).get(task) if task is not None else None,
-        )
-        for name in profile.experiments
-        for task in profile.task_list
-    }
-
-
-def planned_hash(cfg: ExperimentConfig, lr: float) -> str:
-    cfg = with_overrides(cfg, train={"lr": float(lr)})
-    return config_hash(cfg, dict(build_method(cfg.method.name, **cfg.method.params).params))
-
-
-def _planned(profile: Profile, key: Key, cfg: ExperimentConfig, seed: int, lr: float, stage: str,
-             results_dir: Path) -> PlannedRun:  # fmt: skip
-    path = run_path(results_dir, profile.name, profile.family, key[0], seed, lr, key[1])
-    return PlannedRun(key[0], key[1], seed, lr, stage, path, planned_hash(cfg, lr))
-
-
-def tune_plan(profile: Profile, configs: dict[Key, ExperimentConfig], results_dir: Path) -> list[PlannedRun]:
-    return [
-        _planned(profile, key, cfg, seed, lr, "tune", results_dir)
-        for key, cfg in configs.items()
-        for lr in profile.grid_for(cfg.method.name, cfg.train.lr, cfg.name)
-        for seed in profile.tune_seeds
-    ]
-
-
-def best_validation(rec: dict[str, Any]) -> float:
-    """The selection metric at the kept checkpoint."""
-    metric = rec["selection_metric"]
-    return [p[metric] for p in rec["validation_curve"] if p["step"] == rec["best_step"]][0]
-
-
-def choose_lr(profile: Profile, key: Key, cfg: ExperimentConfig, results_dir: Path) -> dict[str, Any] | None:
-    """The grid rate with the best mean validation metric over the tuning seeds (ties: the smaller rate); the
-    test set is never read. None while a tuning run of this (experiment, task) is not complete and current."""
-    sign = 1.0 if get_family(profile.family).higher_is_better(cfg.train.selection_metric) else -1.0
-    scores = {}
-    for lr in profile.grid_for(cfg.method.name, cfg.train.lr, cfg.name):
-        vals = []
-        for seed in profile.tune_seeds:
-            planned = _planned(profile, key, cfg, seed, lr, "tune", results_dir)
-            if planned.status() != "complete":
-                return None
-            vals.append(sign * best_validation(read_record(planned.path) or {}))
-        scores[lr] = sum(vals) / len(vals)
-    chosen = max(sorted(scores), key=lambda lr: scores[lr])
-    return {
-        "lr": chosen,
-        "scores": {f"{k:g}": sign * v for k, v in scores.items()},
-        "metric": cfg.train.selection_metric,
-    }
-
-
-def final_plan(
-    profile: Profile, configs: dict[Key, ExperimentConfig], results_dir: Path
-) -> tuple[list[PlannedRun], dict[Key, Any]]:
-    runs, chosen = [], {}
-    for key, cfg in configs.items():
-        choice = choose_lr(profile, key, cfg, results_dir)
-        chosen[key] = choice
-        if choice is None:
-            continue
-        for seed in profile.seeds:
-            if seed not in profile.tune_seeds:
-                runs.append(_planned(profile, key, cfg, seed, choice["lr"], "final", results_dir))
-    return runs, chosen
-
-
-def selected_lr_path(results_dir: Path, profile: Profile) -> Path:
-    return Path(results_dir) / profile.name / profile.family / "selected_lr.json"
-
 
 Executor = Callable[[PlannedRun], None]
 
@@ -171,13 +57,43 @@ def _subprocess(profile: Profile, results_dir: Path) -> Executor:
     return execute
 
 
-def _job(argv: list[str]) -> None:
-    """One run in a cluster job (module level, so that submitit can pickle it by reference)."""
-    from experiments.cli import main
+def check_task(family: str, task: str | None, profile: Profile) -> None:
+    """`task` is one of the profile's for a one-task-per-run family, and absent for the others."""
+    if get_family(family).one_task_per_run:
+        if task is None:
+            raise UsageError(
+                f"{family} runs one task per run: pass --task (one of: {', '.join(map(str, profile.task_list))})"
+            )
+        if task not in profile.task_list:
+            raise UsageError(
+                f"task {task!r} is not in profile {profile.name} (known: {', '.join(map(str, profile.task_list))})"
+            )
+    elif task is not None:
+        raise UsageError(f"{family} scores every task in each run; it takes no --task")
 
-    code = main(argv)
-    if code:
-        raise RuntimeError(f"`python -m experiments {' '.join(argv)}` exited {code}")
+
+def run_one(*, family: str, profile: str, experiment: str, seed: int, lr: float, results_dir: Path,
+            task: str | None = None, force: bool = False, progress: bool = True) -> tuple[Path, dict[str, Any] | None]:  # fmt: skip
+    """One (experiment, task, seed, lr) of a profile, checked before it trains: what `python -m experiments run`
+    and each SLURM job do. Returns the record's path and the new record (None: complete already, not forced)."""
+    from experiments.harness.train import run
+
+    prof = load_profile(family, profile)
+    check_task(family, task, prof)
+    check_results_dir(results_dir)
+    cfg = experiment_config(prof, experiment, task)
+    preflight([cfg])  # method, data, model and schedule, before anything trains
+    path = run_path(results_dir, prof.name, family, experiment, seed, lr, task)
+    existing = read_record(path)
+    if existing and existing.get("status") == "complete" and not force:
+        return path, None
+    return path, run(cfg, seed=seed, lr=lr, profile=prof.name, results_dir=results_dir, progress=progress)
+
+
+def _job(request: tuple[tuple[str, Any], ...]) -> None:
+    """One run in a cluster job (module level, so that submitit can pickle it by reference); a failure raises
+    in the job, and its record says why."""
+    run_one(**dict(request))
 
 
 def _slurm(
@@ -185,7 +101,7 @@ def _slurm(
 ) -> Executor:
     """One SLURM job per run through submitit: GPUs, memory and time from the family's estimate for the run
     (`list --estimate`; CPU-sized runs ask for no GPU), logs in `<results>/<profile>/<family>/slurm/`. The job
-    runs `python -m experiments run`, so it writes its record (or a failed one) in the shared results folder.
+    calls `run_one`, as `python -m experiments run` does, so it writes its record (or a failed one) in the shared results folder.
     `cluster`: submitit's name ("slurm" by default on a cluster; "local" or "debug" in tests)."""
     try:
         import submitit
@@ -205,11 +121,10 @@ def _slurm(
             mem_gb=max(16, round(float(est.get("memory_gb") or 0) * 1.5)),
             cpus_per_task=8 if est else 2,
         )
-        argv = ["run", "--family", profile.family, "--profile", profile.name, "--experiment", r.experiment,
-                "--seed", str(r.seed), "--lr", repr(r.lr), "--results-dir", str(results_dir), "--no-progress"]  # fmt: skip
-        if r.task is not None:
-            argv += ["--task", r.task]
-        executor.submit(_job, argv).result()  # waits; a failed job raises (its record says why)
+        request = (("family", profile.family), ("profile", profile.name), ("experiment", r.experiment),
+                   ("task", r.task), ("seed", r.seed), ("lr", r.lr), ("results_dir", results_dir),
+                   ("progress", False))  # fmt: skip
+        executor.submit(_job, request).result()  # waits; a failed job raises (its record says why)
 
     return execute
 
@@ -284,25 +199,3 @@ def sweep(
     summary["final"] = execute_runs(final, execute, jobs, log)
     log(f"sweep {family}/{profile_name}: {json.dumps(summary)}")
     return summary
-
-
-def plan_status(family: str, profile_name: str, results_dir: str | Path) -> list[dict[str, Any]]:
-    """Every planned run with its status (for `list`); final-stage runs appear once their rate is chosen."""
-    results_dir = Path(results_dir)
-    profile = load_profile(family, profile_name)
-    configs = load_configs(profile)
-    final, chosen = final_plan(profile, configs, results_dir)
-    rows = [
-        {"experiment": r.experiment, "task": r.task, "seed": r.seed, "lr": r.lr, "stage": r.stage,
-         "status": r.status(), "path": str(r.path)}
-        for r in tune_plan(profile, configs, results_dir) + final
-    ]  # fmt: skip
-    for key, choice in chosen.items():
-        if choice is None:
-            pending = [s for s in profile.seeds if s not in profile.tune_seeds]
-            rows += [
-                {"experiment": key[0], "task": key[1], "seed": s, "lr": None, "stage": "final",
-                 "status": "awaiting lr choice", "path": ""}
-                for s in pending
-            ]  # fmt: skip
-    return rows

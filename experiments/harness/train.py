@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from baselines import build_method
 from experiments.harness import checkpoint as ckpt
 from experiments.harness.config import ExperimentConfig, config_hash, with_overrides
+from experiments.harness.errors import DivergedError
 from experiments.harness.records import (
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
@@ -141,7 +142,7 @@ def train_and_evaluate(
         with accelerator.accumulate(model):
             loss = family.loss(model, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step}")
+                raise DivergedError(f"non-finite training loss {loss.item()} at step {step}")
             accelerator.backward(loss)
             if accelerator.sync_gradients and t.max_grad_norm:
                 accelerator.clip_grad_norm_(params, t.max_grad_norm)

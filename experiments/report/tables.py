@@ -36,10 +36,10 @@ import numpy as np
 
 from experiments.harness.config import family_dir, read_yaml
 from experiments.harness.lockcheck import off_lock
+from experiments.harness.plan import Key, choose_lr, key_label, load_configs
 from experiments.harness.profiles import Profile, load_profile
 from experiments.harness.records import iter_records, read_record
 from experiments.harness.registry import Family, get_family
-from experiments.harness.sweep import Key, choose_lr, key_label, load_configs
 from experiments.report import stats
 
 LEVEL = 0.95
@@ -67,7 +67,7 @@ def load_runs(
     for (name, task), choice in chosen.items():
         if choice is None:
             continue
-        from experiments.harness.sweep import planned_hash
+        from experiments.harness.plan import planned_hash
 
         want = planned_hash(configs[(name, task)], choice["lr"])
         recs = [r for r in findings if r["experiment"] == name and r.get("task") == task and r.get("status") == "complete"
