@@ -106,7 +106,7 @@ def test_two_cpu_processes_match_one(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     import loradash
-    from experiments.commonsense.family import resolve_model
+    from experiments.harness.loading import resolve_model
 
     for run, record in (("one", one), ("two", two)):
         base = AutoModelForSequenceClassification.from_pretrained(resolve_model("embedded:all-MiniLM-L6-v2"))

@@ -123,7 +123,7 @@ def tiny_deberta_dir(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
 
-    from experiments.commonsense.family import resolve_model
+    from experiments.harness.loading import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model("embedded:all-MiniLM-L6-v2"))
     torch.manual_seed(0)

@@ -54,7 +54,7 @@ def test_off_lock_compares_releases_and_names_the_differences():
 
 
 def _embedded() -> Path:
-    from experiments.commonsense.family import resolve_model
+    from experiments.harness.loading import resolve_model
 
     return Path(resolve_model("embedded:all-MiniLM-L6-v2"))
 

@@ -41,6 +41,7 @@ from experiments.dreambooth.models import (
     tiny_tokenizer,
 )
 from experiments.harness.config import ExperimentConfig, check_positive
+from experiments.harness.datadir import resolve_data_dir
 from experiments.harness.records import REPO_ROOT, file_sha256
 from experiments.harness.registry import Family, Metric, register_family
 
@@ -86,10 +87,7 @@ class DreamBoothEval:
 
 
 def _resolve(path: str | None) -> Path:
-    if path is None:
-        return db.default_data_dir()
-    p = Path(path)
-    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+    return resolve_data_dir(path, db.default_data_dir)
 
 
 def _fill(template: str, token: str | None, cls: str) -> str:

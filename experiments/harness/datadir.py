@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from experiments.harness.errors import MissingFileError
@@ -26,3 +27,11 @@ def shared_data_dir(env_var: str, folder: str, *, what: str, hint: str, repo_roo
     raise MissingFileError(
         f"no {what} data directory: {env_var} is unset and {shared} does not exist; {hint}"
     )
+
+
+def resolve_data_dir(data_dir: str | None, default: Callable[[], Path]) -> Path:
+    """A config's `data_dir`: None -> the family's `default()`; a relative path is relative to the repository."""
+    if data_dir is None:
+        return default()
+    p = Path(data_dir)
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
