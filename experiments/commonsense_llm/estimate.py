@@ -16,6 +16,7 @@ import torch
 from baselines import build_method
 from baselines.budget import base_param_count, target_layer_shapes
 from experiments.harness.config import ExperimentConfig
+from experiments.harness.schedule import total_steps
 
 # Architectures of the paper's models (their config.json values), so the plan needs no hub access.
 KNOWN_ARCHS: dict[str, dict[str, Any]] = {
@@ -42,13 +43,6 @@ def meta_model(name: str) -> torch.nn.Module:
         raise ValueError(f"no architecture on record for {name!r} (known: {', '.join(KNOWN_ARCHS)})")
     with torch.device("meta"):
         return LlamaForCausalLM(LlamaConfig(**KNOWN_ARCHS[name]))
-
-
-def total_steps(cfg: ExperimentConfig, n_train: int) -> int:
-    """Optimizer steps of a run on `n_train` training items (the loop's rule: the last batch of an epoch may be
-    short, as transformers.Trainer's)."""
-    t = cfg.train
-    return t.max_steps if t.max_steps is not None else (t.epochs or 1) * math.ceil(n_train / t.batch_size)
 
 
 def forward_call_launch_update(

@@ -6,7 +6,6 @@ adapter counts are exact; memory and time are estimates from the stated assumpti
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -15,6 +14,7 @@ from baselines import build_method
 from baselines.budget import base_param_count, target_layer_shapes
 from experiments.glue.data import spec
 from experiments.harness.config import ExperimentConfig
+from experiments.harness.schedule import total_steps
 
 # config.json values of the paper's encoders, so the plan needs no hub access
 KNOWN_ARCHS: dict[str, dict[str, Any]] = {
@@ -60,7 +60,7 @@ def estimate_run(cfg: ExperimentConfig) -> dict[str, Any] | None:
     shapes = target_layer_shapes(model, list(cfg.model.target_modules))
     trainable = type(method).analytic_trainable(shapes, method.rank, total, **method.params)
     n_train = TRAIN_SIZES[d.task] - d.val_examples
-    steps = t.max_steps or (t.epochs or 1) * math.ceil(n_train / t.batch_size)
+    steps = total_steps(cfg, n_train)
     seq = d.max_seq_len * a["padded_fraction_of_max_len"]
     tokens = steps * t.batch_size * seq
     flops_per_token = (6 if cfg.method.name == "full" else 4) * total

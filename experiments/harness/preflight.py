@@ -12,7 +12,6 @@ reports in one line (a `ConfigError` naming the file that set the value, or the 
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
@@ -24,6 +23,7 @@ from experiments.harness.config import ConfigError, ExperimentConfig
 from experiments.harness.errors import IncompatiblePackagesError
 from experiments.harness.loading import stack_versions
 from experiments.harness.registry import Family, get_family
+from experiments.harness.schedule import total_steps
 
 
 @contextlib.contextmanager
@@ -70,15 +70,6 @@ def check_data(cfg: ExperimentConfig) -> None:
         if type(e) is not ValueError:  # the families' own data errors name their file already
             raise
         raise ConfigError(_experiment_file(cfg), "data", str(e)) from e
-
-
-def total_steps(cfg: ExperimentConfig, num_train: int | None) -> int:
-    """Optimizer steps of the run (the loop's rule)."""
-    t = cfg.train
-    if t.max_steps is not None:
-        return t.max_steps
-    assert num_train is not None
-    return (t.epochs or 0) * math.ceil(num_train / t.batch_size)
 
 
 def _instance(cfg: ExperimentConfig) -> Family:

@@ -9,7 +9,6 @@ code on many GPUs.
 
 from __future__ import annotations
 
-import math
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from experiments.harness.records import (
     write_atomic,
 )
 from experiments.harness.registry import get_family
+from experiments.harness.schedule import lr_scheduler, total_steps
 
 
 def _cycle(loader: Any) -> Iterator[Any]:
@@ -69,7 +69,6 @@ def train_and_evaluate(
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
-    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
     t = cfg.train
     if t.num_threads:
@@ -86,9 +85,8 @@ def train_and_evaluate(
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     family = get_family(cfg.family)(cfg, seed=seed)
-    max_steps = t.max_steps or (t.epochs or 0) * math.ceil(family.num_train / t.batch_size)
+    max_steps = total_steps(cfg, family.num_train)
     method = build_method(cfg.method.name, **cfg.method.params)
-    warmup = round(t.warmup_ratio * max_steps) if t.warmup_ratio is not None else t.warmup_steps
     base = family.build_model()
     if cfg.model.gradient_checkpointing:
         family.enable_gradient_checkpointing(base)
@@ -100,10 +98,7 @@ def train_and_evaluate(
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [g for g in method.param_groups(model, t.lr) if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
-    if t.schedule == "linear":
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, max_steps)
-    else:
-        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    scheduler = lr_scheduler(optimizer, cfg, max_steps)
     micro_batch = t.batch_size // t.grad_accum
     if micro_batch % accelerator.num_processes:
         raise ValueError(
