@@ -12,6 +12,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
@@ -21,6 +22,7 @@ from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from .errors import UserError
+from .registry import Registry, import_modules
 
 __all__ = [
     "AdapterMethod",
@@ -343,8 +345,6 @@ class AdapterMethod(Method):
 # ----------------------------------------------------------------------------------------------------------------
 # Registry
 
-_REGISTRY: dict[str, type[Method]] = {}
-
 
 class UnknownMethodError(UserError, KeyError, ValueError):
     """An unknown method name (a KeyError for lookups, a ValueError for config validation)."""
@@ -353,28 +353,24 @@ class UnknownMethodError(UserError, KeyError, ValueError):
         return str(self.args[0])
 
 
-def register(cls: type[M]) -> type[M]:
-    """Class decorator adding a `Method` subclass to the registry under `cls.name`; a duplicate name raises."""
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"register expects a Method subclass, got {cls!r}")
-    name = cls.__dict__.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{cls.__name__} must define a non-empty class attribute `name`")
-    if name in _REGISTRY:
-        raise ValueError(f"method {name!r} is already registered (by {_REGISTRY[name].__qualname__})")
-    _REGISTRY[name] = cls
-    return cls
+def _discover_methods() -> None:
+    """Import every module of `baselines/`: each `@register`s its method (no list of them to keep)."""
+    import_modules("baselines", Path(__file__).parent, skip=NOT_METHODS)
+
+
+NOT_METHODS = ("base", "budget", "errors", "registry")  # the modules of baselines/ that define no method
+METHODS: Registry[type[Method]] = Registry(
+    "method", Method, unknown=UnknownMethodError, discover=_discover_methods
+)
+register = METHODS.register
 
 
 def get_method(name: str) -> type[Method]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownMethodError(f"unknown method {name!r}; known methods: {available_methods()}") from None
+    return METHODS.get(name)
 
 
 def available_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def build_method(name: str, **params: Any) -> Method:
