@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from baselines import build_method
+from baselines import build_method, get_method
 from baselines.budget import base_param_count, target_layer_shapes
 from experiments.harness.config import ExperimentConfig
 from experiments.harness.schedule import total_steps
@@ -112,7 +112,9 @@ def estimate_run(cfg: ExperimentConfig, n_train: int = COMMONSENSE_170K) -> dict
     memory_gb = (total * weight_bytes + trainable * a["bytes_per_trainable"] + acts + logits) / 1e9
     steps = total_steps(cfg, n_train - d.val_examples)
     tokens = steps * t.batch_size * a["mean_tokens_per_example"]
-    flops_per_token = (6 if cfg.method.name == "full" else 4) * total  # adapters: no weight gradients
+    flops_per_token = (
+        6 if get_method(cfg.method.name).trains_base_weights else 4
+    ) * total  # adapters: no weight gradients
     train_h = tokens * flops_per_token / (a["sustained_tflops"] * 1e12) / 3600
     test_items = 22_349 if d.test_examples_per_task is None else d.test_examples_per_task * len(d.eval_tasks)
     e = cfg.eval

@@ -63,7 +63,7 @@ def estimate_run(cfg: ExperimentConfig) -> dict[str, Any] | None:
     steps = total_steps(cfg, n_train)
     seq = d.max_seq_len * a["padded_fraction_of_max_len"]
     tokens = steps * t.batch_size * seq
-    flops_per_token = (6 if cfg.method.name == "full" else 4) * total
+    flops_per_token = (6 if type(method).trains_base_weights else 4) * total
     evals = steps // t.eval_every + 1
     eval_tokens = evals * d.val_examples * seq + DEV_SIZES[d.task] * seq
     hours = (tokens * flops_per_token + eval_tokens * 2 * total) / (a["sustained_tflops"] * 1e12) / 3600

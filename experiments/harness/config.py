@@ -273,10 +273,11 @@ def list_experiments(family: str) -> list[str]:
 def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any] | None = None,
                     profile_source: str = "<profile>",
                     method_overrides: dict[str, dict[str, Any]] | None = None,
-                    task: str | None = None, task_overrides: dict[str, Any] | None = None
-                    ) -> ExperimentConfig:  # fmt: skip
+                    task: str | None = None, task_overrides: dict[str, Any] | None = None,
+                    inline: dict[str, Any] | None = None) -> ExperimentConfig:  # fmt: skip
     """defaults.yaml <- profile overrides <- the profile's overrides for `task` <- the experiment's overrides,
-    validated. `task` (one-task-per-run families) sets `data.task`."""
+    validated. `task` (one-task-per-run families) sets `data.task`. `inline`: the experiment itself (`method`,
+    optional `overrides`) when it has no folder (a profile's `every_method`)."""
     fdir = family_dir(family)
     sections = sections_for(family)
     defaults_path = fdir / "defaults.yaml"
@@ -286,11 +287,13 @@ def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any]
     task_source = f"{profile_source}.tasks.{task}"
     check_layer(task_overrides, task_source, sections)
     exp_path = fdir / name / "experiment.yaml"
-    if not exp_path.is_file():
+    if inline is not None:
+        exp_path = Path(f"{profile_source}.every_method.{name}")
+    elif not exp_path.is_file():
         raise ConfigError(
             fdir, "experiment", f"unknown experiment {name!r} (known: {', '.join(list_experiments(family))})"
         )
-    exp = read_yaml(exp_path) or {}
+    exp = inline if inline is not None else (read_yaml(exp_path) or {})
     if not isinstance(exp, dict):
         raise ConfigError(exp_path, "<root>", "must be a mapping with 'method' and optional 'overrides'")
     unknown = set(exp) - {"method", "overrides", "description"}
