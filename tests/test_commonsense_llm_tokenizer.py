@@ -15,8 +15,7 @@ from experiments.harness.config import ConfigError, config_hash, load_experiment
 from experiments.harness.profiles import load_profile
 from experiments.harness.records import validate_record
 from experiments.harness.train import run
-from tests.helpers import build_tiny_llama, fixture_examples
-from tests.test_commonsense_llm import tiny_config
+from tests.helpers import build_tiny_llama, fixture_examples, tiny_config
 
 BOS = 1
 

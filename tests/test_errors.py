@@ -23,7 +23,7 @@ from experiments.glue.family import GlueRun
 from experiments.harness import train as train_mod
 from experiments.harness.config import EXPERIMENTS_ROOT
 from experiments.harness.records import read_record, run_path
-from tests.test_harness import fake_train
+from tests.helpers import fake_train
 
 TRAIN_AND_EVALUATE = train_mod.train_and_evaluate  # the real loop, kept before any test replaces it
 GLUE_LOSS = GlueRun.loss

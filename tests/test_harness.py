@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from baselines import available_methods, build_method
@@ -16,6 +15,7 @@ from experiments.harness.profiles import list_profiles, load_profile
 from experiments.harness.records import read_record, run_path, validate_record
 from experiments.harness.registry import available_families, get_family
 from experiments.report.tables import write_tables
+from tests.helpers import fake_result, fake_train, n_planned
 
 FAMILIES = tuple(available_families())
 
@@ -139,71 +139,7 @@ def test_impossible_rank_is_a_clear_error():
 
 # --- resumable sweeps, with a stand-in for the training so these tests take no time ----------------------------
 
-N_ITEMS = 40
-
-
-def fake_items(family: str, task: str, quality: float, seed: int) -> dict:
-    """Per-item arrays in the family's own format (the first of the known layouts its `task_score` reads),
-    with about `quality` of the items right."""
-    rng = np.random.default_rng(seed)
-    right = rng.random(N_ITEMS) < quality
-    ids = list(range(N_ITEMS))
-    fam = get_family(family)
-    if task == "stsb":
-        labels = np.linspace(0, 5, N_ITEMS).round(2).tolist()
-        preds = [y if r else 5 - y for y, r in zip(labels, right, strict=True)]
-    else:
-        labels = (np.arange(N_ITEMS) % 2).tolist()
-        preds = [y if r else 1 - y for y, r in zip(labels, right, strict=True)]
-    layouts = [
-        {"ids": ids, "correct": right.astype(int).tolist()},
-        {"ids": ids, "labels": labels, "predictions": preds},
-        {"ids": ids, fam.primary_metric: np.where(right, 0.9, 0.1).tolist()},
-    ]
-    for items in layouts:
-        try:
-            fam.task_score(task, {k: np.asarray(v) for k, v in items.items()})
-        except KeyError:
-            continue
-        return items
-    raise AssertionError(f"no known item layout for {family}")
-
-
-def fake_result(cfg, seed, *, test_best_lr=1e-4, val_best_lr=1e-3):
-    """Validation prefers `val_best_lr`, the test set `test_best_lr`: a harness that picked on test would fail."""
-    fam = get_family(cfg.family)
-    val = 0.5 + 0.01 * seed + (0.05 if cfg.train.lr == val_best_lr else 0.0)
-    quality = 0.6 + (0.3 if cfg.train.lr == test_best_lr else 0.0)
-    tasks = [cfg.task] if cfg.task else [t for t in cfg.data.eval_tasks if t in ("boolq", "ARC-Easy")]
-    per_task = {}
-    for task in tasks:
-        items = fake_items(cfg.family, task, quality, seed)
-        arrays = {k: np.asarray(v) for k, v in items.items()}
-        per_task[task] = {fam.primary_metric: fam.task_score(task, arrays), "n": N_ITEMS, "items": items}
-    score = float(np.mean([r[fam.primary_metric] for r in per_task.values()]))
-    metric = cfg.train.selection_metric
-    v = val if fam.higher_is_better(metric) else 1 - val
-    return {
-        "param_counts": {"trainable": 10, "head": 1, "stored": 10, "total_model": 100},
-        "test": {"protocol": "fake", "per_task": per_task, "missing_tasks": [], "score": score,
-                 "primary_metric": fam.primary_metric},
-        "validation_curve": [{"step": 1, metric: v}],
-        "best_step": 1,
-        "selection_metric": metric,
-        "diagnostics": {},
-    }  # fmt: skip
-
-
-def fake_train(cfg, *, seed, profile, progress=True):
-    return fake_result(cfg, seed)
-
-
 SMOKE_FAMILIES = [f for f in FAMILIES if "smoke" in list_profiles(f)]
-
-
-def n_planned(family: str) -> int:
-    p = load_profile(family, "smoke")
-    return len(p.experiments) * len(p.task_list) * len(p.tune_seeds)
 
 
 @pytest.mark.parametrize("fam", SMOKE_FAMILIES)

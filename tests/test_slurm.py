@@ -9,7 +9,7 @@ from experiments.harness import plan as plan_mod
 from experiments.harness import sweep as sweep_mod
 from experiments.harness import train as train_mod
 from experiments.harness.records import read_record
-from tests.test_harness import fake_train, n_planned
+from tests.helpers import fake_train, n_planned
 
 submitit = pytest.importorskip("submitit")
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no types
 
 from experiments.commonsense.data import TASKS, default_data_dir, task_file
 from experiments.commonsense_llm.prompts import PromptTemplate, build_prompt

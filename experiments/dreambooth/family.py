@@ -404,7 +404,7 @@ class DreamBoothRun(Family):
             "clip_t": mx.paired_cosine(clip_img, clip.embed_texts(texts)),
         }
 
-    def real_image_reference(self, device: Any) -> dict[str, float]:
+    def real_image_reference(self, device: Any) -> dict[str, float | None]:
         """DreamBooth Table 1's "Real Images" row for this subject: the mean similarity of each real image to the
         others (the ceiling the subject-fidelity metrics can reach with these metric models)."""
         dino, clip = self.encoders(device)

@@ -46,7 +46,7 @@ def meta_model(name: str, num_labels: int) -> torch.nn.Module:
     if name not in KNOWN_ARCHS:
         raise ValueError(f"no architecture on record for {name!r} (known: {', '.join(KNOWN_ARCHS)})")
     with torch.device("meta"):
-        return DebertaV2ForSequenceClassification(DebertaV2Config(**KNOWN_ARCHS[name], num_labels=num_labels))
+        return DebertaV2ForSequenceClassification(DebertaV2Config(**KNOWN_ARCHS[name], num_labels=num_labels))  # type: ignore[call-arg]  # a PretrainedConfig kwarg
 
 
 def estimate_run(cfg: ExperimentConfig) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no types
 
 from experiments.harness.errors import ConfigError, MissingFileError
 
