@@ -28,8 +28,15 @@ class Registry(Generic[T]):
         check: further checks of a class being registered (raise ValueError naming the problem).
     """
 
-    def __init__(self, kind: str, base: type, *, unknown: type[UserError],
-                 discover: Callable[[], None] | None = None, check: Callable[[T], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        kind: str,
+        base: type,
+        *,
+        unknown: type[UserError],
+        discover: Callable[[], None] | None = None,
+        check: Callable[[T], None] | None = None,
+    ):
         self.kind, self.base, self.unknown = kind, base, unknown
         self._discover, self._check = discover, check
         self._entries: dict[str, T] = {}

@@ -101,8 +101,13 @@ def opt(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     return flags, kwargs
 
 
-def command(name: str, help: str, *options: tuple[tuple[str, ...], dict[str, Any]], profile: bool = True,
-            common: bool = True) -> Callable:  # fmt: skip
+def command(
+    name: str,
+    help: str,
+    *options: tuple[tuple[str, ...], dict[str, Any]],
+    profile: bool = True,
+    common: bool = True,
+) -> Callable:
     """Register the decorated function as the command `name` with these options (a duplicate name raises)."""
 
     def register(
@@ -140,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        print(f"interrupted ({signal.Signals(signum).name}): finished runs are kept and the interrupted ones are "
-              "marked; run the same command again to resume", file=sys.stderr)  # fmt: skip
+        print(
+            f"interrupted ({signal.Signals(signum).name}): finished runs are kept and the interrupted ones are "
+            "marked; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 128 + signum
     except UserError as e:
         if getattr(args, "debug", False):
@@ -168,9 +176,17 @@ def _one_line(e: Exception) -> str:
     opt("--no-progress", action="store_true"),
 )
 def cmd_run(args: argparse.Namespace) -> int:
-    path, rec = run_one(family=args.family, profile=args.profile, experiment=args.experiment, task=args.task,
-                        seed=args.seed, lr=args.lr, results_dir=args.results_dir, force=args.force,
-                        progress=not args.no_progress)  # fmt: skip
+    path, rec = run_one(
+        family=args.family,
+        profile=args.profile,
+        experiment=args.experiment,
+        task=args.task,
+        seed=args.seed,
+        lr=args.lr,
+        results_dir=args.results_dir,
+        force=args.force,
+        progress=not args.no_progress,
+    )
     if rec is None:
         print(f"complete already: {path} (use --force to rerun)")
     else:
@@ -183,13 +199,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     "run every missing or stale run of a profile (resumable)",
     opt("--jobs", type=_int_at_least(1), default=None, help="parallel runs (default: the profile's)"),
     opt("--no-progress", action="store_true"),
-    opt("--executor", choices=("local", "slurm"), default="local",
-        help="local processes, or one SLURM job per run through submitit (experiments/accelerate/README.md)"),
-)  # fmt: skip
+    opt(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local processes, or one SLURM job per run through submitit (experiments/accelerate/README.md)",
+    ),
+)
 def cmd_sweep(args: argparse.Namespace) -> int:
     check_results_dir(args.results_dir)
-    summary = sweep(args.family, args.profile, args.results_dir, jobs=args.jobs, progress=not args.no_progress,
-                    executor=args.executor)  # fmt: skip
+    summary = sweep(
+        args.family,
+        args.profile,
+        args.results_dir,
+        jobs=args.jobs,
+        progress=not args.no_progress,
+        executor=args.executor,
+    )
     failed = summary["tune"]["failed"] + summary["final"]["failed"]
     return 1 if failed else 0
 
@@ -208,8 +234,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         line = f"{r['status']:>20}  {r['stage']:5}  {name:<34} seed={r['seed']} lr={lr}"
         e = estimates.get((r["experiment"], r["task"]))
         if e:
-            line += (f"  trainable={e['trainable']:,} steps={e['steps']:,} ~{e['memory_gb']:.0f} GB"
-                     f"{'' if e['fits_80gb'] else ' (shard: FSDP/ZeRO)'} ~{e['gpu_hours']:.2f} GPU-h")  # fmt: skip
+            line += (
+                f"  trainable={e['trainable']:,} steps={e['steps']:,} ~{e['memory_gb']:.0f} GB"
+                f"{'' if e['fits_80gb'] else ' (shard: FSDP/ZeRO)'} ~{e['gpu_hours']:.2f} GPU-h"
+            )
             for k in ("layout", "eval_every", "launch_update"):
                 if k in e:
                     line += f" {k}={e[k]}"
@@ -220,8 +248,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         if not estimates:
             print(f"no GPU estimate for {args.family} (it runs on the CPU)")
         else:
-            total = sum(estimates[(r["experiment"], r["task"])]["gpu_hours"] for r in rows
-                        if (r["experiment"], r["task"]) in estimates)  # fmt: skip
+            total = sum(
+                estimates[(r["experiment"], r["task"])]["gpu_hours"]
+                for r in rows
+                if (r["experiment"], r["task"]) in estimates
+            )
             assumptions = next(iter(estimates.values())).get("assumptions", "")
             print(f"estimated total: {total:.0f} GPU-hours; rough, assuming {assumptions}")
     return 0
@@ -298,25 +329,33 @@ def cmd_families(args: argparse.Namespace) -> int:
     if args.family is not None:
         get_family(args.family)  # an unknown family: one line naming the known ones
         names = [args.family]
-    if args.with_profile is not None and not any(args.with_profile in list_profiles(n)
-                                                 for n in available_families()):  # fmt: skip
+    if args.with_profile is not None and not any(
+        args.with_profile in list_profiles(n) for n in available_families()
+    ):
         known = sorted({p for n in available_families() for p in list_profiles(n)})
         raise UsageError(
             f"unknown profile {args.with_profile!r}: no family has it (known: {', '.join(known)})"
         )
     names = [n for n in names if args.with_profile in (None, *list_profiles(n))]
     if args.family is not None and not names:
-        print(f"family {args.family} has no profile {args.with_profile!r}: skipped "
-              f"(its profiles: {', '.join(list_profiles(args.family))})", file=sys.stderr)  # fmt: skip
+        print(
+            f"family {args.family} has no profile {args.with_profile!r}: skipped "
+            f"(its profiles: {', '.join(list_profiles(args.family))})",
+            file=sys.stderr,
+        )
     if args.names:
         print(" ".join(names))
         return 0
     for name in names:
         fam = get_family(name)
-        metrics = ", ".join(f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)"
-                            for m in fam.metrics.values())  # fmt: skip
-        print(f"{name}: {fam.description}\n  primary metric: {fam.primary_metric}; metrics: {metrics}\n"
-              f"  profiles: {', '.join(list_profiles(name))}")  # fmt: skip
+        metrics = ", ".join(
+            f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)"
+            for m in fam.metrics.values()
+        )
+        print(
+            f"{name}: {fam.description}\n  primary metric: {fam.primary_metric}; metrics: {metrics}\n"
+            f"  profiles: {', '.join(list_profiles(name))}"
+        )
     return 0
 
 

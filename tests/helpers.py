@@ -270,13 +270,18 @@ def fake_result(cfg, seed, *, test_best_lr=1e-4, val_best_lr=1e-3):
     v = val if fam.higher_is_better(metric) else 1 - val
     return {
         "param_counts": {"trainable": 10, "head": 1, "stored": 10, "total_model": 100},
-        "test": {"protocol": "fake", "per_task": per_task, "missing_tasks": [], "score": score,
-                 "primary_metric": fam.primary_metric},
+        "test": {
+            "protocol": "fake",
+            "per_task": per_task,
+            "missing_tasks": [],
+            "score": score,
+            "primary_metric": fam.primary_metric,
+        },
         "validation_curve": [{"step": 1, metric: v}],
         "best_step": 1,
         "selection_metric": metric,
         "diagnostics": {},
-    }  # fmt: skip
+    }
 
 
 def fake_train(cfg, *, seed, profile, progress=True):

@@ -41,8 +41,12 @@ def imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
     # imports for type checkers only never run; a submodule reading an attribute of its own package (its
     # `__version__`) is not a dependency on its siblings
-    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and ast.unparse(node.test).endswith("TYPE_CHECKING") for n in ast.walk(node)}  # fmt: skip
+    typing_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for n in ast.walk(node)
+    }
     ancestors = {".".join(here.split(".")[:i]) for i in range(1, len(here.split(".")))}
     found = set()
     for node in ast.walk(tree):

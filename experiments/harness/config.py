@@ -56,7 +56,7 @@ class TrainConfig:
     selection_metric: str = "val_loss"  # one of the family's validation metrics (direction from the family)
     num_threads: int | None = None  # torch CPU threads; None = torch's default
     # save the run's state every this many optimizer steps to `<record>.ckpt/` and resume from it after a kill
-    # (experiments/checkpoint.py); None: off. How a run executes, not what it computes: not in the config hash.
+    # (experiments/harness/checkpoint.py); None: off. How a run executes, not what it computes: not in the config hash.
     checkpoint_every: int | None = None
 
 

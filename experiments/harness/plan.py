@@ -68,8 +68,9 @@ def planned_hash(cfg: ExperimentConfig, lr: float) -> str:
     return config_hash(cfg, dict(build_method(cfg.method.name, **cfg.method.params).params))
 
 
-def _planned(profile: Profile, key: Key, cfg: ExperimentConfig, seed: int, lr: float, stage: str,
-             results_dir: Path) -> PlannedRun:  # fmt: skip
+def _planned(
+    profile: Profile, key: Key, cfg: ExperimentConfig, seed: int, lr: float, stage: str, results_dir: Path
+) -> PlannedRun:
     path = run_path(results_dir, profile.name, profile.family, key[0], seed, lr, key[1])
     return PlannedRun(key[0], key[1], seed, lr, stage, path, planned_hash(cfg, lr))
 
@@ -136,16 +137,30 @@ def plan_status(family: str, profile_name: str, results_dir: str | Path) -> list
     configs = load_configs(profile)
     final, chosen = final_plan(profile, configs, results_dir)
     rows = [
-        {"experiment": r.experiment, "task": r.task, "seed": r.seed, "lr": r.lr, "stage": r.stage,
-         "status": r.status(), "path": str(r.path)}
+        {
+            "experiment": r.experiment,
+            "task": r.task,
+            "seed": r.seed,
+            "lr": r.lr,
+            "stage": r.stage,
+            "status": r.status(),
+            "path": str(r.path),
+        }
         for r in tune_plan(profile, configs, results_dir) + final
-    ]  # fmt: skip
+    ]
     for key, choice in chosen.items():
         if choice is None:
             pending = [s for s in profile.seeds if s not in profile.tune_seeds]
             rows += [
-                {"experiment": key[0], "task": key[1], "seed": s, "lr": None, "stage": "final",
-                 "status": "awaiting lr choice", "path": ""}
+                {
+                    "experiment": key[0],
+                    "task": key[1],
+                    "seed": s,
+                    "lr": None,
+                    "stage": "final",
+                    "status": "awaiting lr choice",
+                    "path": "",
+                }
                 for s in pending
-            ]  # fmt: skip
+            ]
     return rows

@@ -144,8 +144,10 @@ def load_profile(family: str, name: str) -> Profile:
         raise ConfigError(src, "every_method", "must be true or false")
     method_experiments = {}
     if every_method:
-        used = {(read_yaml(family_dir(family) / e / "experiment.yaml") or {}).get("method", {}).get("name")
-                for e in exps}  # fmt: skip
+        used = {
+            (read_yaml(family_dir(family) / e / "experiment.yaml") or {}).get("method", {}).get("name")
+            for e in exps
+        }
         method_experiments = {m: m for m in available_methods() if m not in used and m not in exps}
         exps = [*exps, *method_experiments]
     seeds = raw.get("seeds", [0])

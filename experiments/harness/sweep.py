@@ -39,17 +39,39 @@ def _in_process(
     from experiments.harness.train import run
 
     def execute(r: PlannedRun) -> None:
-        run(configs[(r.experiment, r.task)], seed=r.seed, lr=r.lr, profile=profile.name,
-            results_dir=results_dir, progress=progress)  # fmt: skip
+        run(
+            configs[(r.experiment, r.task)],
+            seed=r.seed,
+            lr=r.lr,
+            profile=profile.name,
+            results_dir=results_dir,
+            progress=progress,
+        )
 
     return execute
 
 
 def _subprocess(profile: Profile, results_dir: Path) -> Executor:
     def execute(r: PlannedRun) -> None:
-        cmd = [sys.executable, "-m", "experiments", "run", "--family", profile.family, "--profile", profile.name,
-               "--experiment", r.experiment, "--seed", str(r.seed), "--lr", repr(r.lr),
-               "--results-dir", str(results_dir), "--no-progress"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "experiments",
+            "run",
+            "--family",
+            profile.family,
+            "--profile",
+            profile.name,
+            "--experiment",
+            r.experiment,
+            "--seed",
+            str(r.seed),
+            "--lr",
+            repr(r.lr),
+            "--results-dir",
+            str(results_dir),
+            "--no-progress",
+        ]
         if r.task is not None:
             cmd += ["--task", r.task]
         subprocess.run(cmd, check=True)
@@ -72,8 +94,18 @@ def check_task(family: str, task: str | None, profile: Profile) -> None:
         raise UsageError(f"{family} scores every task in each run; it takes no --task")
 
 
-def run_one(*, family: str, profile: str, experiment: str, seed: int, lr: float, results_dir: Path,
-            task: str | None = None, force: bool = False, progress: bool = True) -> tuple[Path, dict[str, Any] | None]:  # fmt: skip
+def run_one(
+    *,
+    family: str,
+    profile: str,
+    experiment: str,
+    seed: int,
+    lr: float,
+    results_dir: Path,
+    task: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any] | None]:
     """One (experiment, task, seed, lr) of a profile, checked before it trains: what `python -m experiments run`
     and each SLURM job do. Returns the record's path and the new record (None: complete already, not forced)."""
     from experiments.harness.train import run
@@ -112,8 +144,9 @@ def _slurm(
     def execute(r: PlannedRun) -> None:
         est = fam.estimate(configs[(r.experiment, r.task)]) or {}
         hours = float(est.get("gpu_hours") or 1.0)
-        executor = submitit.AutoExecutor(folder=results_dir / profile.name / profile.family / "slurm",
-                                         cluster=cluster)  # fmt: skip
+        executor = submitit.AutoExecutor(
+            folder=results_dir / profile.name / profile.family / "slurm", cluster=cluster
+        )
         executor.update_parameters(
             name=f"{profile.family}-{key_label((r.experiment, r.task))}-s{r.seed}",
             timeout_min=max(10, round(hours * 60 * 1.5)),  # the estimate is rough: half again as much
@@ -121,9 +154,16 @@ def _slurm(
             mem_gb=max(16, round(float(est.get("memory_gb") or 0) * 1.5)),
             cpus_per_task=8 if est else 2,
         )
-        request = (("family", profile.family), ("profile", profile.name), ("experiment", r.experiment),
-                   ("task", r.task), ("seed", r.seed), ("lr", r.lr), ("results_dir", results_dir),
-                   ("progress", False))  # fmt: skip
+        request = (
+            ("family", profile.family),
+            ("profile", profile.name),
+            ("experiment", r.experiment),
+            ("task", r.task),
+            ("seed", r.seed),
+            ("lr", r.lr),
+            ("results_dir", results_dir),
+            ("progress", False),
+        )
         executor.submit(_job, request).result()  # waits; a failed job raises (its record says why)
 
     return execute

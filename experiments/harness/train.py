@@ -65,7 +65,7 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Train one run and return the record fields of a complete run. With `checkpoint` (a folder) and
     `train.checkpoint_every`, the run's state is saved there every that many optimizer steps, and a run that
-    finds a checkpoint of its own config there resumes from it (experiments/checkpoint.py)."""
+    finds a checkpoint of its own config there resumes from it (experiments/harness/checkpoint.py)."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed

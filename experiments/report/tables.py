@@ -1,7 +1,7 @@
 """Tables, plots, the dated run log and the verdicts, from run records only (`make tables`).
 
 Scores are the family's primary metric per task (100 x), averaged over tasks without weights, as the paper's
-"avg" columns. Intervals carry seed and test-item noise (experiments/stats.py). The verdicts test the claims
+"avg" columns. Intervals carry seed and test-item noise (experiments/report/stats.py). The verdicts test the claims
 declared in the family's `claims.yaml` (the only place that names the experiments a claim compares):
 
 - superiority (treatment beats reference): supported if the interval of (treatment - reference) lies above 0,
