@@ -143,7 +143,9 @@ class Interval:
     paired: bool
     seed_variance_known: bool
     level: float
-    seed_t_floor: bool = False  # the width is that of the plain t interval of the seed term (see the module doc)
+    seed_t_floor: bool = (
+        False  # the width is that of the plain t interval of the seed term (see the module doc)
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

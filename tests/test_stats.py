@@ -37,7 +37,9 @@ def test_interval_of_a_difference_keeps_its_nominal_coverage(k, regime):
     rng = np.random.default_rng(100 + k)
     n_sim, miss, miss_bonf = 2000, 0, 0
     for _ in range(n_sim):
-        s = score(simulate_tables(rng, effects={"a": 0.02, "b": 0.0}, k=k, sd_seed=sd_seed, sd_item=sd_item), rng)
+        s = score(
+            simulate_tables(rng, effects={"a": 0.02, "b": 0.0}, k=k, sd_seed=sd_seed, sd_item=sd_item), rng
+        )
         iv = stats.difference(s["a"], s["b"])
         assert iv.paired and iv.seed_variance_known and iv.n_seeds == k
         miss += not iv.low <= 2.0 <= iv.high
