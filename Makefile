@@ -43,11 +43,15 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 UPGRADE ?=
 UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 export UV_FIND_LINKS
+# uv, unlike pip, does not prefer the local CPU build of torch over PyPI's CUDA one: a constraint on the build
+# (TORCH_BUILD) keeps the nvidia-* packages out of the lock; the pin is written without its build label.
+TORCH_BUILD ?= cpu
 lock: setup
+	echo "$(TORCH)+$(TORCH_BUILD)" > $(VENV)/torch-build.txt
 	$(BIN)/uv pip compile pyproject.toml --extra bench --extra dev --python-version 3.11 --quiet \
-	  --custom-compile-command 'make lock' -o $(LOCK) \
+	  --custom-compile-command 'make lock' -o $(LOCK) -c $(VENV)/torch-build.txt \
 	  $(if $(filter 1,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
-	sed -i -E 's/^torch==([^+ ]+)\+[^ ]+/torch==\1/' $(LOCK)
+	sed -i -E 's/^torch==([^+ ]+)\+[^ ]+/torch==\1/; /^    #   -c .*torch-build.txt$$/d' $(LOCK)
 
 test: setup
 	$(BIN)/pytest -q
