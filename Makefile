@@ -1,4 +1,7 @@
 # Everything a person types. `make test` and `make reproduce` work from a fresh clone: `setup` builds .venv.
+# The wheel (`pip install .`) holds the library `loradash` only; the harness (experiments/, baselines/, bench/)
+# runs from this checkout, which `setup` puts on the venv's path (loradash-checkout.pth), so `python -m
+# experiments` works from any folder and in the sweep's subprocesses and cluster jobs.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -35,6 +38,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'loradash-checkout.pth').write_text('$(CURDIR)\n')"
 	touch $@
 
 # Regenerates requirements.lock from pyproject's ranges, keeping every pin that still satisfies them;

@@ -71,7 +71,11 @@ class LoraDash(Lora):
             change_rate_eps=p["change_rate_eps"],
             prelaunch_clock=p["prelaunch_clock"],
         )
-        return loradash.get_loradash_model(model, config)
+        model = loradash.get_loradash_model(model, config)
+        # The launch is this method's `on_optimizer_step` (the loop's step count), as in every committed record: the
+        # library's automatic step hook is off, so it only counts steps and can never launch, early or twice.
+        loradash.set_auto_launch(model, False)
+        return model
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         scalars = [p for n, p in model.named_parameters() if p.requires_grad and _LAMBDA in n]

@@ -1,4 +1,4 @@
-"""Command line: `python -m experiments {run,sweep,list,tables,budget,families} ...` (also `loradash-exp`).
+"""Command line: `python -m experiments {run,sweep,list,tables,budget,families} ...` (run from a checkout).
 
 A user's mistake (unknown family, experiment, task, profile or method; a bad value; missing data; a corrupt
 record) prints one line naming it and exits 2; `--debug` shows the traceback. A bug in the harness still
