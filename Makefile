@@ -1,4 +1,7 @@
 # Everything a person types. `make test` and `make reproduce` work from a fresh clone: `setup` builds .venv.
+# The wheel (`pip install .`) holds the library `loradash` only; the harness (experiments/, baselines/, bench/)
+# runs from this checkout, which `setup` puts on the venv's path (loradash-checkout.pth), so `python -m
+# experiments` works from any folder and in the sweep's subprocesses and cluster jobs.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -35,6 +38,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'loradash-checkout.pth').write_text('$(CURDIR)\n')"
 	touch $@
 
 # Regenerates requirements.lock from pyproject's ranges, keeping every pin that still satisfies them;
@@ -43,11 +47,15 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 UPGRADE ?=
 UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 export UV_FIND_LINKS
+# uv, unlike pip, does not prefer the local CPU build of torch over PyPI's CUDA one: a constraint on the build
+# (TORCH_BUILD) keeps the nvidia-* packages out of the lock; the pin is written without its build label.
+TORCH_BUILD ?= cpu
 lock: setup
+	echo "$(TORCH)+$(TORCH_BUILD)" > $(VENV)/torch-build.txt
 	$(BIN)/uv pip compile pyproject.toml --extra bench --extra dev --python-version 3.11 --quiet \
-	  --custom-compile-command 'make lock' -o $(LOCK) \
+	  --custom-compile-command 'make lock' -o $(LOCK) -c $(VENV)/torch-build.txt \
 	  $(if $(filter 1,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
-	sed -i -E 's/^torch==([^+ ]+)\+[^ ]+/torch==\1/' $(LOCK)
+	sed -i -E 's/^torch==([^+ ]+)\+[^ ]+/torch==\1/; /^    #   -c .*torch-build.txt$$/d' $(LOCK)
 
 test: setup
 	$(BIN)/pytest -q

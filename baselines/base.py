@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -251,11 +251,29 @@ class Method(abc.ABC):
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
 
     def diagnostics(
-        self, model: nn.Module, *, lrs: Sequence[float] | None = None, best_step: int | None = None
+        self,
+        model: nn.Module,
+        *,
+        lrs: Sequence[float] | None = None,
+        best_step: int | None = None,
+        forward: Callable[[], Any] | None = None,
     ) -> dict[str, Any]:
         """Method-specific state worth recording in the result file (JSON-serialisable). The loop passes the
         base learning rate of every optimizer step (`lrs[i]` for step i + 1) and the step of the kept
-        checkpoint, for diagnostics that depend on the schedule."""
+        checkpoint, for diagnostics that depend on the schedule; `forward`, where given, runs the model (the
+        kept checkpoint, in eval mode, no grad) on one fixed batch, for diagnostics measured on activations."""
+        return {}
+
+    @classmethod
+    def summarize_diagnostics(cls, diagnostics: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """What the tables show of one record's diagnostics (a few numbers, averaged over seeds) and a note, if
+        any; a method whose diagnostics changed over time reads its older records here."""
+        return dict(diagnostics.get("summary") or {}), diagnostics.get("note")
+
+    @classmethod
+    def manipulation_measures(cls, diagnostics: Mapping[str, Any]) -> dict[str, float | None]:
+        """How far the method's addition to its control moved in one run (shown beside a verdict's
+        manipulation check; None where the record did not measure it). Nothing for most methods."""
         return {}
 
     # -- counting -------------------------------------------------------------------------------------------

@@ -11,10 +11,13 @@ Counts per adapted (out x in) matrix at LoRA rank r and s = num_directions:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 import loradash
@@ -41,7 +44,7 @@ class LoraDash(Lora):
             "prelaunch_clock": "optimizer_step",
             # learning rate of the scalars lambda relative to the other parameters (1 = the paper). With Adam a
             # scalar moves by at most about its learning rate per step, so a short run can only give the dash
-            # phase the paper's room (sum of lr over post-launch steps, ~6) through this ratio.
+            # phase the reach of the paper's runs (their scalars' summed post-launch rate) through this ratio.
             "lambda_lr_ratio": 1.0,
         }
     )
@@ -68,7 +71,11 @@ class LoraDash(Lora):
             change_rate_eps=p["change_rate_eps"],
             prelaunch_clock=p["prelaunch_clock"],
         )
-        return loradash.get_loradash_model(model, config)
+        model = loradash.get_loradash_model(model, config)
+        # The launch is this method's `on_optimizer_step` (the loop's step count), as in every committed record: the
+        # library's automatic step hook is off, so it only counts steps and can never launch, early or twice.
+        loradash.set_auto_launch(model, False)
+        return model
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         scalars = [p for n, p in model.named_parameters() if p.requires_grad and _LAMBDA in n]
@@ -113,12 +120,18 @@ class LoraDash(Lora):
                 self._launched_at[name] = global_step
 
     def diagnostics(
-        self, model: nn.Module, *, lrs: Sequence[float] | None = None, best_step: int | None = None
+        self,
+        model: nn.Module,
+        *,
+        lrs: Sequence[float] | None = None,
+        best_step: int | None = None,
+        forward: Callable[[], Any] | None = None,
     ) -> dict[str, Any]:
         """The launch summary: t, the optimizer step at which the layers actually launched, how many did, the
-        dash phase's room (the sum of the scalars' learning rates after the launch: with Adam each scalar moves
-        by at most about its rate per step), and per layer the chosen directions, their singular values and
-        max |lambda| (how far the dash term has moved from zero)."""
+        summed learning rate of the scalars over the post-launch steps under the run's schedule (with Adam each
+        scalar moves by at most about its rate per step, so |lambda| stays below about that sum), per layer the
+        chosen directions, their singular values and max |lambda|, and with `forward` (one fixed batch) the dash
+        term's size relative to the layer's output, ||U_s diag(lambda) Vh_s x|| / ||y|| over the batch."""
         layers = loradash.dash_diagnostics(model)
         launch = min(self._launched_at.values()) if self._launched_at else None
         ratio = float(self.params["lambda_lr_ratio"])
@@ -131,37 +144,55 @@ class LoraDash(Lora):
             post = list(lrs[max(first, 0) :])
             budget = {
                 "lambda_lr_sum_after_launch": ratio * float(sum(post)),
-                "lambda_lr_x_post_launch_steps": ratio * (max(lrs) if lrs else 0.0) * len(post),
                 "post_launch_steps": len(post),
                 "best_step_after_launch": None if best_step is None else best_step > launch,
             }
-        lam = [d["max_abs_lambda"] for d in self._layer_rows(layers).values()]
-        sig = sorted(x for d in layers.values() if d["launched"] for x in d["sigma"])
-        room = budget.get("lambda_lr_x_post_launch_steps")
-        summary = {  # what the tables show for this method (averaged over seeds), and a warning when it binds
-            "dash room (lambda lr x post-launch steps)": room,
-            "max |lambda|": max(lam, default=None),
-            "median sigma of the chosen directions": sig[len(sig) // 2] if sig else None,
-            "launch step": launch,
-        }
-        note = None
-        if room is not None and room < 1:
-            note = (
-                f"dash room {room:.2g} < 1: with Adam each scalar moves by about its learning rate per step at "
-                "most, so the dash term can barely act (the paper's runs allow about 6)"
-            )
-        return {
-            "summary": summary,
-            "note": note,
+        rows = self._layer_rows(layers)
+        fraction = dash_output_fraction(model, forward) if forward is not None else {}
+        for name, f in fraction.items():
+            rows[name]["dash_output_fraction"] = f
+        measured = sorted(f for f in fraction.values() if np.isfinite(f))
+        diag = {
             "prelaunch_steps": self.params["prelaunch_steps"],
             "launch_step": launch,
             "launch_step_last_layer": max(self._launched_at.values()) if self._launched_at else None,
             "prelaunch_clock": self.params["prelaunch_clock"],
             "lambda_lr_ratio": ratio,
             **budget,
+            "dash_output_fraction_median": float(np.median(measured)) if measured else None,
             "launched_layers": sum(d["launched"] for d in layers.values()),
             "num_layers": len(layers),
-            "layers": self._layer_rows(layers),
+            "layers": rows,
+        }
+        diag["summary"], diag["note"] = self.summarize_diagnostics(diag)
+        return diag
+
+    @classmethod
+    def summarize_diagnostics(cls, diagnostics: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """From the record's fields, so that records written before a summary changed read the same way."""
+        d = diagnostics
+        lam = [row["max_abs_lambda"] for row in (d.get("layers") or {}).values()]
+        sig = sorted(x for row in (d.get("layers") or {}).values() if row["launched"] for x in row["sigma"])
+        summed = d.get("lambda_lr_sum_after_launch")
+        summary = {  # what the tables show for this method (averaged over seeds)
+            "summed lambda lr after launch": summed,
+            "dash term / layer output (median layer)": d.get("dash_output_fraction_median"),
+            "max |lambda|": max(lam, default=None),
+            "median sigma of the chosen directions": sig[len(sig) // 2] if sig else None,
+            "launch step": d.get("launch_step"),
+        }
+        note = None
+        if summed is not None:
+            note = (f"the scalars' learning rate summed over the post-launch steps (under the schedule) was {summed:.2g}: "
+                    "with Adam each scalar moves by about its learning rate per step at most, so |lambda| stays "
+                    f"below about {summed:.2g}")  # fmt: skip
+        return summary, note
+
+    @classmethod
+    def manipulation_measures(cls, diagnostics: Mapping[str, Any]) -> dict[str, float | None]:
+        return {
+            "summed lambda lr after launch": diagnostics.get("lambda_lr_sum_after_launch"),
+            "dash term / layer output (median layer)": diagnostics.get("dash_output_fraction_median"),
         }
 
     @staticmethod
@@ -194,3 +225,37 @@ class LoraDash(Lora):
     ) -> nn.Module:
         # Stock peft refuses a LoRA-Dash folder (peft_type "LORADASH"); the library restores it exactly.
         return loradash.from_pretrained(base_model, directory, is_trainable=is_trainable)
+
+
+@torch.no_grad()
+def dash_output_fraction(model: nn.Module, forward: Callable[[], Any]) -> dict[str, float]:
+    """Per launched LoRA-Dash layer, ||U_s diag(lambda) Vh_s x|| / ||y|| (Frobenius norms over every position
+    of the batch that `forward` runs; y is the layer's whole output), measured in eval mode (no dropout)."""
+    sums: dict[str, list[float]] = {}
+    hooks = []
+    for name, module, adapter in loradash.dash_layers(model):
+        if not module.is_launched(adapter):
+            continue
+
+        def hook(
+            mod: nn.Module, args: Any, out: torch.Tensor, name: str = name, adapter: str = adapter
+        ) -> None:
+            lam = mod.lora_dash_lambda[adapter].weight.float()
+            x = args[0].float()
+            dash = F.linear(
+                F.linear(x, mod.lora_dash_Vh[adapter].float()) * lam, mod.lora_dash_U[adapter].float()
+            )
+            acc = sums.setdefault(name.removeprefix(_PREFIX), [0.0, 0.0])
+            acc[0] += float(dash.pow(2).sum())
+            acc[1] += float(out.float().pow(2).sum())
+
+        hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        forward()
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {name: float(np.sqrt(num / den)) if den > 0 else float("nan") for name, (num, den) in sums.items()}

@@ -1,4 +1,4 @@
-"""Command line: `python -m experiments <command> ...` (also `loradash-exp`), a table of command -> function.
+"""Command line: `python -m experiments <command> ...` (run from a checkout), a table of command -> function.
 
 Each command is a function of the parsed options, registered with `@command` beside the options it takes; the
 work is done by the harness, the report and the analysis, never here. A user's mistake (any `UserError`: an

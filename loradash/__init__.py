@@ -1,12 +1,16 @@
 """LoRA-Dash (Si et al., ICLR 2025) as a peft LoRA variant.
 
-Public API: `LoraDashConfig`, `get_loradash_model`, `update_loradash`, `LoraDashCallback`,
-`select_task_specific_directions`, `from_pretrained`, `export_as_lora`, `SVDCache` (the launch's on-disk SVD
-cache, enabled by `LoraDashConfig.svd_cache_dir` or `$LORADASH_SVD_CACHE`).
+`import loradash` registers LoRA-Dash with peft: `peft.get_peft_model(model, LoraDashConfig(...))`,
+`peft.PeftModel.from_pretrained(base, folder)` and TRL's `SFTTrainer(peft_config=LoraDashConfig(...))` then build
+and load LoRA-Dash adapters, and the launch happens by itself after t optimizer steps (`loradash.clock`).
+
+Public API: `LoraDashConfig`, `get_loradash_model`, `update_loradash`, `set_auto_launch`, `LoraDashCallback`,
+`select_task_specific_directions`, `from_pretrained`, `export_as_lora`, `LoraDashWarning`, `SVDCache` (the launch's
+on-disk SVD cache, enabled by `LoraDashConfig.svd_cache_dir` or `$LORADASH_SVD_CACHE`).
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
+from .clock import LoraDashWarning
 from .config import LoraDashConfig
 from .export import export_as_lora
 from .layer import DashLinear, LoraDashVariant
@@ -16,6 +20,7 @@ from .model import (
     from_pretrained,
     get_loradash_model,
     launch_loradash,
+    set_auto_launch,
     update_loradash,
 )
 from .selection import LowRankUpdate, TaskSpecificDirections, select_task_specific_directions, weight_svd
@@ -31,9 +36,11 @@ def __getattr__(name: str):  # LoraDashCallback imports transformers' Trainer ma
 
 
 __all__ = [
+    "__version__",
     "DashLinear",
     "LoraDashCallback",
     "LoraDashConfig",
+    "LoraDashWarning",
     "LoraDashVariant",
     "LowRankUpdate",
     "SVDCache",
@@ -45,6 +52,7 @@ __all__ = [
     "get_loradash_model",
     "launch_loradash",
     "select_task_specific_directions",
+    "set_auto_launch",
     "update_loradash",
     "weight_svd",
 ]

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peft import LoraConfig
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
+from ._version import __version__
 from .svd_cache import SVD_CACHE_ENV
 
 __all__ = ["LoraDashConfig", "PRELAUNCH_CLOCKS", "LORADASH_PEFT_TYPE", "CONFIG_MARKER"]
@@ -47,6 +49,14 @@ class LoraDashConfig(LoraConfig):
             `runtime_config`: it is not written to adapter_config.json (pass it to `loradash.from_pretrained`
             when resuming a checkpoint saved before the launch).
         use_loradash: the peft variant switch; always True for this config.
+        loradash_version: the loradash release that wrote adapter_config.json (set by `save_pretrained`).
+
+    In memory `peft_type` is `PeftType.LORA`: peft builds, trains, saves and merges a LoRA-Dash adapter with its
+    LoRA tuner (`LoraModel`), the dash term entering through the `LoraDashVariant` hooks. On disk
+    adapter_config.json says `"peft_type": "LORADASH"`, which `import loradash` maps to this class in peft's
+    config registry: with loradash imported, `peft.PeftConfig.from_pretrained`, `LoraDashConfig.from_pretrained`
+    and `peft.PeftModel.from_pretrained` read the folder; without it stock peft refuses it (unknown type) instead
+    of loading it as plain LoRA without the dash term.
     """
 
     use_loradash: bool = field(
@@ -67,6 +77,9 @@ class LoraDashConfig(LoraConfig):
     svd_cache_dir: str | None = field(
         default=None,
         metadata={"help": f"Folder caching the base weights' SVDs (None: ${SVD_CACHE_ENV} or no cache)."},
+    )
+    loradash_version: str | None = field(
+        default=None, metadata={"help": "The loradash release that wrote this adapter_config.json."}
     )
 
     def __post_init__(self) -> None:
@@ -94,12 +107,22 @@ class LoraDashConfig(LoraConfig):
             )
         if self.use_dora:
             raise ValueError("LoRA-Dash cannot be combined with DoRA (use_dora=True).")
+        if self.target_parameters:
+            raise ValueError(
+                "LoRA-Dash adapts nn.Linear modules (target_modules); target_parameters is not supported."
+            )
         if self.svd_cache_dir is None:
             self.svd_cache_dir = os.environ.get(SVD_CACHE_ENV) or None
         elif isinstance(self.svd_cache_dir, os.PathLike):
             self.svd_cache_dir = os.fspath(self.svd_cache_dir)
         elif not isinstance(self.svd_cache_dir, str):
             raise TypeError(f"svd_cache_dir must be a path or None, got {self.svd_cache_dir!r}")
+        # Every nn.Linear target becomes a DashLinear (peft's custom-module hook, experimental in 0.21), any other
+        # target is refused with its name. Registered by the config itself, so that peft's own entry points
+        # (get_peft_model, PeftModel.from_pretrained, TRL's SFTTrainer(peft_config=...)) build LoRA-Dash layers.
+        from .layer import LAYER_MAPPING
+
+        self._register_custom_module(LAYER_MAPPING)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields saved to adapter_config.json: all but the machine-local `svd_cache_dir`."""
@@ -111,18 +134,24 @@ class LoraDashConfig(LoraConfig):
         """Write adapter_config.json with `peft_type` = "LORADASH".
 
         Stock peft then refuses the folder with an unknown-type error rather than loading it as plain LoRA;
-        `loradash.from_pretrained` reads it, and `loradash.export_as_lora` writes a stock-peft folder.
+        with loradash imported peft reads it (and `loradash.from_pretrained`), and `loradash.export_as_lora`
+        writes a stock-peft folder. Called by `PeftModel.save_pretrained` after the weights are written, it also
+        adds the LoRA-Dash section to the model card peft wrote and warns (`LoraDashWarning`) when the adapter
+        saved has trained but not launched (`loradash.card`).
         """
         super().save_pretrained(save_directory, **kwargs)
         path = os.path.join(save_directory, "adapter_config.json")
         with open(path) as f:
             data = json.load(f)
-        from . import __version__
-
         data["peft_type"] = LORADASH_PEFT_TYPE
         data[CONFIG_MARKER] = __version__
         with open(path, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)
+        from .card import adapter_status, update_model_card, warn_if_unlaunched
+
+        status = adapter_status(save_directory, self.init_lora_weights)
+        update_model_card(save_directory, self, status)
+        warn_if_unlaunched(status, self, "saved")
 
     @classmethod
     def load(cls, directory: str) -> LoraDashConfig:
@@ -137,10 +166,26 @@ class LoraDashConfig(LoraConfig):
                 f"{path} is not a LoRA-Dash adapter (peft_type={data.get('peft_type')!r}); "
                 "load plain peft adapters with peft.PeftModel.from_pretrained"
             )
-        data.pop(CONFIG_MARKER, None)
         data["peft_type"] = "LORA"
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown LoraDashConfig keys {unknown} (written by a newer loradash?)")
         return cls(**data)
+
+
+def _register_peft_type() -> None:
+    """Map the on-disk `peft_type` "LORADASH" to `LoraDashConfig` in peft's config registry, which
+    `PeftConfig.from_pretrained` and `PeftModel.from_pretrained` read. peft's public `register_peft_method` cannot
+    be used: it requires a member of its closed `PeftType` enum and registers a tuner of its own, whereas LoRA-Dash
+    runs on peft's LoRA tuner (so in memory the config is `PeftType.LORA`). `PeftType` is a `str` enum, so the
+    plain string key sits beside peft's own (tests/test_peft_native.py guards this)."""
+    registered = PEFT_TYPE_TO_CONFIG_MAPPING.get(LORADASH_PEFT_TYPE)  # type: ignore[call-overload]
+    if registered is not None and registered.__module__ != __name__:
+        raise RuntimeError(
+            f"peft_type {LORADASH_PEFT_TYPE!r} is already registered by {registered.__module__}"
+        )
+    PEFT_TYPE_TO_CONFIG_MAPPING[LORADASH_PEFT_TYPE] = LoraDashConfig  # type: ignore[index]
+
+
+_register_peft_type()

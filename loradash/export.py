@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -12,6 +13,8 @@ from peft import LoraConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from .card import unlaunched_message
+from .clock import LoraDashWarning
 from .config import LoraDashConfig
 from .model import dash_layers
 
@@ -93,25 +96,34 @@ def export_as_lora(
     directory: str | os.PathLike[str],
     adapter_name: str = "default",
     *,
-    layout: str = "peft",
-    prefix: str = "unet",
+    layout: str | None = None,
+    prefix: str | None = None,
 ) -> None:
     """Write a plain LoRA adapter of rank r + s that reproduces the LoRA-Dash model (up to fp32 rounding).
 
     Args:
         model: the `peft.PeftModel` returned by `get_loradash_model` / `from_pretrained` (not merged).
         directory: the output folder (created if needed).
-        layout: "peft" (default): `adapter_config.json` + `adapter_model.safetensors`, for stock
+        layout: "peft": `adapter_config.json` + `adapter_model.safetensors`, for stock
             `peft.PeftModel.from_pretrained` and serving stacks that read peft LoRA folders (vLLM).
             "diffusers": `pytorch_lora_weights.safetensors` with `<prefix>.`-prefixed keys and diffusers' LoRA
             metadata (rank, alpha and target modules, so no adapter_config.json), for
             `pipeline.load_lora_weights(directory)` (e.g. StableDiffusionXLPipeline) and
             `unet.load_lora_adapter(directory, prefix="unet")`.
-        prefix: the pipeline component the adapter belongs to, for the "diffusers" layout ("unet" for Stable
-            Diffusion / SDXL UNets, "transformer" for DiT-style pipelines).
+            None (default): "diffusers" when the adapted model is a diffusers model (diffusers would find nothing
+            to load in a peft folder), "peft" otherwise; a model that only contains diffusers modules is refused
+            (pass `layout=`).
+        prefix: the pipeline component the adapter belongs to, for the "diffusers" layout; None (default): "unet"
+            for a diffusers UNet, "transformer" for a diffusers transformer (DiT-style pipelines).
     """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if layout is None:
+        layout = _default_layout(base)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "diffusers" and prefix is None:
+        prefix = _default_prefix(base)
+    _warn_if_unlaunched(model, adapter_name)
     state, lora_config = lora_equivalent(model, adapter_name)
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
@@ -119,8 +131,54 @@ def export_as_lora(
         lora_config.save_pretrained(directory)
         save_file(state, os.path.join(directory, SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
         return
+    assert prefix is not None
     tensors, metadata = diffusers_layout(state, lora_config, prefix=prefix)
     save_file(tensors, os.path.join(directory, DIFFUSERS_WEIGHT_NAME), metadata=metadata)
+
+
+def _is_diffusers(module: Any) -> bool:
+    return type(module).__module__.split(".")[0] == "diffusers"
+
+
+def _default_layout(base: Any) -> str:
+    if _is_diffusers(base):
+        return "diffusers"
+    inner = next((name for name, m in base.named_modules() if name and _is_diffusers(m)), None)
+    if inner is not None:
+        raise ValueError(
+            f"export_as_lora: {type(base).__name__} holds the diffusers module {inner!r} but is not one itself, so "
+            "neither file layout is the obvious one: pass layout='peft' or layout='diffusers' (with prefix=)"
+        )
+    return "peft"
+
+
+def _default_prefix(base: Any) -> str:
+    name = type(base).__name__
+    if _is_diffusers(base) and "UNet" in name:
+        return "unet"
+    if _is_diffusers(base) and "Transformer" in name:
+        return "transformer"
+    raise ValueError(
+        f"export_as_lora: which pipeline component a {name} is cannot be told: pass prefix= ('unet', "
+        "'transformer', ...) with layout='diffusers'"
+    )
+
+
+def _warn_if_unlaunched(model: Any, adapter_name: str) -> None:
+    """Exporting an adapter that has trained (LoRA's B moved from its zero init) but not launched gives a plain
+    LoRA adapter: say so."""
+    config = model.peft_config.get(adapter_name)
+    layers = [(m, a) for _, m, a in dash_layers(model, adapter_name)]
+    if not isinstance(config, LoraDashConfig) or not layers:
+        return
+    launched = sum(m.is_launched(a) for m, a in layers)
+    zero_init = config.init_lora_weights in (True, "gaussian")
+    trained = not zero_init or any(bool(m.lora_B[a].weight.detach().any()) for m, a in layers)
+    if launched < len(layers) and trained:
+        message = unlaunched_message(
+            "exporting", len(layers), launched, config.prelaunch_steps, config.prelaunch_clock
+        )
+        warnings.warn(message, LoraDashWarning, stacklevel=3)
 
 
 def diffusers_layout(

@@ -34,7 +34,14 @@ from .distributed import is_distributed, share_from_rank0, whole_layer_tensors
 from .selection import LowRankUpdate, select_task_specific_directions
 from .svd_cache import SVDCache
 
-__all__ = ["DashLinear", "DashScalars", "LoraDashVariant", "launch_layer"]
+__all__ = [
+    "DashLinear",
+    "DashScalars",
+    "LoraDashVariant",
+    "launch_layer",
+    "LAYER_MAPPING",
+    "UnsupportedTarget",
+]
 
 DASH_TRAINABLE = ("lora_dash_lambda",)
 DASH_STATE = (
@@ -46,6 +53,9 @@ DASH_STATE = (
     "lora_dash_forward_calls",
 )
 DASH_SETTINGS = ("dash_prelaunch_steps", "dash_eps", "dash_clock", "dash_svd_cache")
+# Runtime state of the optimizer-step clock (`loradash.clock`): optimizer steps seen, whether `update_loradash`
+# has taken over the launch (then the step hook only counts), whether the clock is done with the adapter.
+DASH_CLOCK = ("dash_optimizer_steps", "dash_manual", "dash_clock_done")
 
 
 class DashScalars(nn.Module):
@@ -93,6 +103,12 @@ class LoraDashVariant(LoraVariant):
         module.dash_svd_cache[adapter_name] = (
             SVDCache(cache_dir, model_id=config.base_model_name_or_path) if cache_dir else None
         )
+        module.dash_optimizer_steps[adapter_name] = 0
+        module.dash_manual[adapter_name] = False
+        module.dash_clock_done[adapter_name] = False
+        from .clock import track
+
+        track(module)
 
     @staticmethod
     def delta_weight(module: DashLinear, adapter: str) -> torch.Tensor:
@@ -159,9 +175,12 @@ class DashLinear(lora_layer.Linear):
     dash_eps: dict[str, float]
     dash_clock: dict[str, str]
     dash_svd_cache: dict[str, SVDCache | None]
+    dash_optimizer_steps: dict[str, int]
+    dash_manual: dict[str, bool]
+    dash_clock_done: dict[str, bool]
 
     adapter_layer_names = lora_layer.Linear.adapter_layer_names + DASH_TRAINABLE
-    other_param_names = lora_layer.Linear.other_param_names + DASH_STATE + DASH_SETTINGS
+    other_param_names = lora_layer.Linear.other_param_names + DASH_STATE + DASH_SETTINGS + DASH_CLOCK
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, **kwargs: Any) -> None:
         weight = getattr(base_layer, "weight", None)
@@ -185,7 +204,7 @@ class DashLinear(lora_layer.Linear):
             self.lora_dash_lambda = nn.ModuleDict()
             for name in DASH_STATE:
                 setattr(self, name, BufferDict(persistent=True))
-            for name in DASH_SETTINGS:
+            for name in DASH_SETTINGS + DASH_CLOCK:
                 setattr(self, name, {})
             self._dash_hook: Any = None
         super().update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
@@ -198,6 +217,23 @@ class DashLinear(lora_layer.Linear):
 
     def is_launched(self, adapter: str) -> bool:
         return bool(self.lora_dash_launched[adapter].item())
+
+
+class UnsupportedTarget(nn.Module):
+    """Stands for every target that is not an nn.Linear in `LAYER_MAPPING`: building it refuses the target by name
+    (peft would otherwise fail later with a variant-combination error that names no layer)."""
+
+    def __init__(self, target: nn.Module, adapter_name: str, **kwargs: Any) -> None:
+        base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
+        raise TypeError(
+            f"LoRA-Dash supports nn.Linear targets only; {kwargs.get('target_name') or '?'!r} is a "
+            f"{type(base).__name__} (Conv1D / fan_in_fan_out, embeddings and convolutions are not supported)"
+        )
+
+
+# What `LoraDashConfig` registers with peft's custom-module hook (`LoraConfig._register_custom_module`): peft tries
+# the entries in order (first isinstance match wins), so nn.Linear targets get a DashLinear and the rest are refused.
+LAYER_MAPPING: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: DashLinear, nn.Module: UnsupportedTarget}
 
 
 @torch.no_grad()

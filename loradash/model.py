@@ -9,12 +9,11 @@ from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
-from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from .clock import set_manual
 from .config import LoraDashConfig
 from .distributed import launch_in_fsdp1_units
 from .layer import DashLinear, launch_layer
@@ -23,55 +22,28 @@ __all__ = [
     "get_loradash_model",
     "update_loradash",
     "launch_loradash",
+    "set_auto_launch",
     "from_pretrained",
     "dash_layers",
     "dash_diagnostics",
 ]
 
 
-def _register(config: LoraDashConfig) -> LoraDashConfig:
-    # peft's custom-module hook (experimental in 0.21): every nn.Linear target becomes a DashLinear. The mapping
-    # is not saved with the adapter, so loading goes through loradash.from_pretrained, which registers it again.
-    config._register_custom_module({nn.Linear: DashLinear})
-    return config
-
-
-def _check_targets(model: nn.Module, config: LoraDashConfig) -> None:
-    """Reject targets LoRA-Dash cannot adapt, naming the layer, before peft builds anything."""
-    found = False
-    for name, module in model.named_modules():
-        if not name or not check_target_module_exists(config, name):
-            continue
-        base = module.get_base_layer() if isinstance(module, LoraLayer) else module
-        if not isinstance(base, nn.Linear):
-            raise TypeError(
-                f"LoRA-Dash supports nn.Linear targets only; {name!r} is a {type(base).__name__} "
-                "(Conv1D / fan_in_fan_out, embeddings and convolutions are not supported)"
-            )
-        found = True
-        k = min(base.in_features, base.out_features)
-        if config.num_directions > k:
-            raise ValueError(
-                f"num_directions={config.num_directions} exceeds min(out, in) = {k} of target layer {name!r} "
-                f"({base.out_features} x {base.in_features})"
-            )
-    if not found:
-        raise ValueError(f"No module matches target_modules={config.target_modules!r}")
-
-
 def get_loradash_model(
     model: nn.Module, config: LoraDashConfig, adapter_name: str = "default", **kwargs: Any
 ) -> Any:
-    """Wrap `model` with a LoRA-Dash adapter and return the `peft.PeftModel`.
+    """Wrap `model` with a LoRA-Dash adapter and return the `peft.PeftModel`: the same as
+    `peft.get_peft_model(model, config)` (a `LoraDashConfig` makes peft build LoRA-Dash layers by itself), with the
+    config's type checked first.
 
     All LoRA-Dash tensors are allocated here; nothing is added later, so an optimizer built now sees the final
-    parameter set. Call `update_loradash(model, global_step)` after every optimizer step (or use
-    `LoraDashCallback` with `transformers.Trainer`) so the launch happens at step t.
+    parameter set. The launch then happens by itself after t optimizer steps of any torch optimizer that trains the
+    model (`loradash.clock`); `update_loradash(model, global_step)` after every optimizer step (or
+    `LoraDashCallback` with `transformers.Trainer`) drives it explicitly instead.
     """
     if not isinstance(config, LoraDashConfig):
         raise TypeError(f"config must be a LoraDashConfig, got {type(config).__name__}")
-    _check_targets(model, config)
-    return get_peft_model(model, _register(config), adapter_name=adapter_name, **kwargs)
+    return get_peft_model(model, config, adapter_name=adapter_name, **kwargs)
 
 
 def dash_layers(model: nn.Module, adapter_name: str | None = None) -> Iterator[tuple[str, DashLinear, str]]:
@@ -100,12 +72,14 @@ def update_loradash(model: nn.Module, global_step: int) -> int:
     steps done so far (`global_step`). Launches every layer whose t (prelaunch_steps) has been reached and is
     not launched yet; later calls are no-ops. Layers on the "forward_call" clock launch themselves and are
     ignored here. Returns the number of layers launched by this call.
+
+    The first call takes the launch over from the automatic step hook (`loradash.clock`), which from then on
+    only counts the steps and warns if the launch is still missing one step after t. Calling it before the first
+    optimizer step (as `LoraDashCallback` does) makes t = 0 launch before any update.
     """
-    due = [
-        (name, m, a)
-        for name, m, a in dash_layers(model)
-        if m.dash_clock[a] == "optimizer_step" and global_step >= m.dash_prelaunch_steps[a]
-    ]
+    layers = [(name, m, a) for name, m, a in dash_layers(model) if m.dash_clock[a] == "optimizer_step"]
+    set_manual((m, a) for _, m, a in layers)
+    due = [(name, m, a) for name, m, a in layers if global_step >= m.dash_prelaunch_steps[a]]
     if not due:
         return 0
     # One host sync for all flags instead of one per layer.
@@ -113,6 +87,13 @@ def update_loradash(model: nn.Module, global_step: int) -> int:
     due = [layer for layer, done in zip(due, launched, strict=True) if not done]
     launch_in_fsdp1_units(model, due, launch_layer)
     return len(due)
+
+
+def set_auto_launch(model: nn.Module, enabled: bool) -> None:
+    """Switch the automatic launch of the step hook (`loradash.clock`) on or off for every LoRA-Dash layer of
+    `model`. Off, the launch is the caller's (`update_loradash`, `launch_loradash`); the hook still counts the
+    optimizer steps and warns once when a layer passes t steps unlaunched. `update_loradash` switches it off."""
+    set_manual(((m, a) for _, m, a in dash_layers(model)), manual=not enabled)
 
 
 def dash_diagnostics(model: nn.Module, adapter_name: str = "default") -> dict[str, dict[str, Any]]:
@@ -171,7 +152,6 @@ def from_pretrained(
             f.keys()
     except SafetensorError as e:
         raise ValueError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {e}") from e
-    config = _register(config)
     config.inference_mode = not is_trainable
     model = PeftModel.from_pretrained(
         base_model, directory, adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -303,10 +304,47 @@ def test_loradash_diagnostics_report_the_launch(batch):
     train(method, model, batch, steps=3)  # steps 1..3 again: the launch happens at step 2
     diag = method.diagnostics(model, lrs=[1e-2] * 3, best_step=3)
     assert diag["launched_layers"] == 13 and diag["launch_step"] == 2  # the step it actually launched at
-    assert diag["post_launch_steps"] == 1 and diag["lambda_lr_x_post_launch_steps"] == pytest.approx(1e-2)
+    assert diag["post_launch_steps"] == 1 and diag["lambda_lr_sum_after_launch"] == pytest.approx(1e-2)
+    diag = method.diagnostics(
+        model, lrs=[1e-2, 8e-3, 5e-3, 2e-3], best_step=4
+    )  # a decaying schedule: its sum
+    assert diag["lambda_lr_sum_after_launch"] == pytest.approx(7e-3)
+    assert diag["summary"]["summed lambda lr after launch"] == pytest.approx(7e-3) and "0.007" in diag["note"]
     query = diag["layers"]["bert.encoder.layer.0.attention.self.query"]
     assert len(query["indices"]) == len(query["sigma"]) == 3 and min(query["indices"]) >= 0
     assert query["max_abs_lambda"] > 0
+    assert diag["dash_output_fraction_median"] is None  # not measured without a forward pass
+
+
+def test_loradash_measures_the_dash_term_against_the_layer_output(batch):
+    """||U_s diag(lambda) Vh_s x|| / ||y|| per layer on the batch that `forward` runs, recomputed here from the
+    layer's input and output; with lambda = 0 the dash term is nil."""
+    from loradash import dash_layers
+
+    method, _, _, model = wrapped("loradash", prelaunch_steps=1)
+    train(method, model, batch, steps=4)
+    model.train()  # measured in eval mode, and the mode restored
+    seen = {}
+    name, layer, adapter = next(
+        (n, m, a) for n, m, a in dash_layers(model) if n.endswith("layer.0.attention.self.query")
+    )
+    handle = layer.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], y=out))
+    diag = method.diagnostics(model, lrs=[1e-2] * 4, best_step=4, forward=lambda: model(**batch))
+    handle.remove()
+    assert model.training
+    lam = layer.lora_dash_lambda[adapter].weight.detach()
+    dash = (seen["x"] @ layer.lora_dash_Vh[adapter].T * lam) @ layer.lora_dash_U[adapter].T
+    want = float(dash.norm() / seen["y"].norm())
+    row = diag["layers"][name.removeprefix("base_model.model.")]
+    assert 0 < row["dash_output_fraction"] == pytest.approx(want, rel=1e-5)
+    fractions = sorted(r["dash_output_fraction"] for r in diag["layers"].values())
+    assert diag["dash_output_fraction_median"] == pytest.approx(float(np.median(fractions)))
+    assert diag["summary"]["dash term / layer output (median layer)"] == diag["dash_output_fraction_median"]
+    with torch.no_grad():
+        for _, m, a in dash_layers(model):
+            m.lora_dash_lambda[a].weight.zero_()
+    diag = method.diagnostics(model, lrs=[1e-2] * 4, best_step=4, forward=lambda: model(**batch))
+    assert diag["dash_output_fraction_median"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------

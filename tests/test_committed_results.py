@@ -46,3 +46,24 @@ def test_regenerated_tables_equal_the_committed_ones(family, profile, tmp_path):
     for path in write_tables(family, profile, scratch):
         committed = folder / path.name
         assert committed.read_bytes() == path.read_bytes(), f"{path.name} differs from the committed file"
+
+
+@pytest.mark.parametrize("family,profile", COMMITTED)
+def test_committed_verdicts_carry_their_manipulation_check(family, profile):
+    """Every judged claim of a committed summary with a control that ran shows its changed predictions, and a
+    claim whose treatment did not act reads "not exercised" (never a decisive verdict)."""
+    import json
+
+    path = RESULTS / profile / family / "summary.json"
+    if not path.is_file():
+        pytest.skip(f"no committed tables for {family}/{profile}")
+    verdict = json.loads(path.read_text())["verdict"]
+    assert verdict["claims"], "a committed profile judges at least one claim"
+    for c in verdict["claims"]:
+        assert c["verdict"] in ("supported", "excluded", "inconclusive", "not exercised"), c["verdict"]
+        check = c["manipulation"]
+        assert check is not None and check["changed"] is not None, c["claim"]["id"]
+        assert check["acted"] == (check["changed"]["fraction"] >= verdict["acted_threshold"] > 0)
+        assert (c["verdict"] == "not exercised") == (not check["acted"])
+        if c["n_seeds"] < verdict["min_seeds"]:
+            assert c["verdict"] in ("inconclusive", "not exercised")

@@ -352,7 +352,7 @@ def test_task_file_layout(tmp_path: Path) -> None:
 
 
 def test_default_data_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    (tmp_path / "piqa").mkdir()  # an empty folder is rejected (the data hint); one with a task folder is taken
+    (tmp_path / "piqa").mkdir()  # a folder with something in it (an empty one is the data hint, test_errors)
     monkeypatch.setenv("LORADASH_DATA_DIR", str(tmp_path))
     assert default_data_dir() == tmp_path
     assert task_file("piqa", "test") == tmp_path / "piqa" / "test.json"

@@ -44,7 +44,8 @@ def test_conv1d_rejected_with_clear_error():
 
 
 def test_unknown_target():
-    with pytest.raises(ValueError, match="No module matches"):
+    # peft's own one-line error (LoRA-Dash leaves target matching to peft)
+    with pytest.raises(ValueError, match=r"Target modules \{'nope'\} not found"):
         get_loradash_model(tiny_bert(), LoraDashConfig(target_modules=["nope"]))
 
 

@@ -114,3 +114,31 @@ def test_diffusers_layout_rejects_extra_weights_and_bad_arguments(tmp_path):
         loradash.export_as_lora(model, tmp_path, layout="diffusers")
     with pytest.raises(ValueError, match="layout"):
         loradash.export_as_lora(model, tmp_path, layout="kohya")
+
+
+def test_default_layout_of_a_diffusers_model_is_diffusers(tmp_path):
+    """export_as_lora(unet, dir) with no layout: the file stock diffusers loads (a peft folder would load nothing)."""
+    model = dash_unet()
+    expected = unet_output(model)
+    loradash.export_as_lora(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pytorch_lora_weights.safetensors"]
+    unet = tiny_unet()
+    unet.load_lora_adapter(tmp_path, weight_name="pytorch_lora_weights.safetensors", prefix="unet")
+    torch.testing.assert_close(unet_output(unet), expected, rtol=0, atol=1e-5)
+
+
+def test_a_model_that_only_holds_a_diffusers_module_must_name_its_layout(tmp_path):
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet = tiny_unet()
+
+    model = get_loradash_model(
+        Holder(), LoraDashConfig(r=2, target_modules=UNET_TARGETS, num_directions=1, prelaunch_steps=0)
+    )
+    with pytest.raises(ValueError, match=r"holds the diffusers module 'unet'.*pass layout='peft' or layout="):
+        loradash.export_as_lora(model, tmp_path)
+    with pytest.raises(ValueError, match=r"pass prefix="):
+        loradash.export_as_lora(model, tmp_path, layout="diffusers")
+    loradash.export_as_lora(model, tmp_path / "peft", layout="peft")
+    assert (tmp_path / "peft" / "adapter_config.json").is_file()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.report import stats
-from experiments.report.tables import Claim, judge, pareto
+from experiments.report.tables import Claim, changed_predictions, judge, pareto
 from tests.helpers import mean_correct, simulate_tables
 
 
@@ -31,7 +31,7 @@ SAME_RANK = Claim("same-rank", "dash beats lora", "superiority", "dash", "lora")
     "effects,kw,expected",
     [
         ({"dash": 0.06, "lora": 0.0}, {"n_items": 1000}, "supported"),  # the claim holds: +6 points
-        ({"dash": -0.03, "lora": 0.0}, {"n_items": 1000}, "refuted"),  # the claim fails: 3 points worse
+        ({"dash": -0.03, "lora": 0.0}, {"n_items": 1000}, "excluded"),  # the claim fails: 3 points worse
         ({"dash": 0.02, "lora": 0.0}, {"n_items": 60, "sd_seed": 0.05, "k": 3}, "inconclusive"),  # too noisy
     ],
 )
@@ -53,9 +53,9 @@ def test_non_inferiority_needs_power():
     s = scores_for({"dash": 0.0, "lora8": 0.0, "lora2": 0.0}, n_items=1000)
     (c,) = judge([claim], 3.0, s)["claims"]
     assert c["verdict"] == "inconclusive" and c["reason"].startswith("no power")
-    # dash far below lora8: refuted whatever the power
+    # dash far below lora8: excluded whatever the power
     s = scores_for({"dash": 0.0, "lora8": 0.1, "lora2": 0.0}, n_items=1000)
-    assert judge([claim], 3.0, s)["claims"][0]["verdict"] == "refuted"
+    assert judge([claim], 3.0, s)["claims"][0]["verdict"] == "excluded"
 
 
 def test_one_seed_is_never_a_verdict():
@@ -68,6 +68,188 @@ def test_claims_of_missing_experiments_are_skipped():
     s = scores_for({"dash": 0.0, "lora": 0.0})
     out = judge([SAME_RANK, Claim("x", "x", "superiority", "dash", "absent")], 1.0, s)
     assert [c["claim"]["id"] for c in out["claims"]] == ["same-rank"] and out["skipped"] == ["x"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The rule at its boundaries, on scores built so that the interval of (treatment - reference) is known exactly:
+# no item noise (every bootstrap replicate equals the per-seed score), and per-seed differences c + h z with z a
+# fixed standardised vector, so that the paired interval is c +- t_{k-1} h / sqrt(k).
+
+Z5 = np.array([-1.2, -0.5, 0.1, 0.6, 1.0])
+
+
+def _exact(per_seed, n_boot=20):
+    per_seed = np.asarray(per_seed, float)
+    boot = np.repeat(per_seed[:, None], n_boot, axis=1)
+    return stats.ExperimentScores(list(range(len(per_seed))), per_seed, {"t": per_seed}, boot, {"t": boot})
+
+
+def _differences(low, high, level, k=5):
+    """Per-seed differences whose paired interval at `level` is exactly [low, high]."""
+    from scipy import stats as sps
+
+    z = Z5 if k == 5 else np.linspace(-1, 1, k)
+    z = (z - z.mean()) / z.std(ddof=1)
+    h = (high - low) / 2 * np.sqrt(k) / sps.t.ppf(0.5 + level / 2, k - 1)
+    return (low + high) / 2 + h * z
+
+
+def exact_scores(level=0.95, k=5, **intervals):
+    """{name: scores} with `ref` at 0 and every other name's difference to it at `level` = its (low, high)."""
+    out = {"ref": _exact(np.zeros(k))}
+    out |= {name: _exact(_differences(lo, hi, level, k)) for name, (lo, hi) in intervals.items()}
+    return out
+
+
+SUP = Claim("sup", "t beats ref", "superiority", "t", "ref")
+NONINF = Claim("ni", "t matches ref", "non-inferiority", "t", "ref")
+
+
+@pytest.mark.parametrize(
+    "claim,interval,verdict",
+    [
+        (SUP, (0.2, 2.0), "supported"),  # above 0
+        (SUP, (0.2, 0.8), "supported"),  # above 0 and below the margin: a gain shown, smaller than 1 point
+        (SUP, (-0.5, 0.5), "excluded"),  # below +1 (not below 0): a gain of 1 point or more excluded
+        (SUP, (-0.2, 0.9), "excluded"),
+        (
+            SUP,
+            (-0.5, 1.5),
+            "inconclusive",
+        ),  # point estimate +0.5 < 1, but the interval reaches past the margin
+        (SUP, (-0.9, 1.1), "inconclusive"),
+        (NONINF, (-0.5, 0.5), "supported"),  # above -1
+        (NONINF, (-0.9, 0.3), "supported"),
+        (NONINF, (-1.6, -0.2), "inconclusive"),  # point estimate -0.9 > -1, the low end past -1
+        (NONINF, (-1.5, -0.5), "inconclusive"),  # straddles -1: neither shown nor excluded
+        (NONINF, (-2.5, -1.5), "excluded"),  # below -1
+    ],
+)
+def test_rule_at_its_boundaries(claim, interval, verdict):
+    (c,) = judge([claim], 1.0, exact_scores(t=interval))["claims"]
+    assert (c["low"], c["high"]) == pytest.approx(interval)
+    assert c["verdict"] == verdict, c
+    if verdict == "excluded":
+        assert c["finding"] == ("a gain of 1 point or more excluded" if claim is SUP
+                                else "a loss of under 1 point excluded (worse by more than 1 point)")  # fmt: skip
+
+
+def test_margin_is_the_exclusion_threshold_not_zero():
+    """With a margin of 2 points, an interval [-0.5, +1.5] excludes a gain of 2 points, and [-1.5, +1.5]
+    (past 0 and past -1 but above -2) supports non-inferiority."""
+    (c,) = judge([SUP], 2.0, exact_scores(t=(-0.5, 1.5)))["claims"]
+    assert c["verdict"] == "excluded" and c["finding"] == "a gain of 2 points or more excluded"
+    (c,) = judge([NONINF], 2.0, exact_scores(t=(-1.5, 1.5)))["claims"]
+    assert c["verdict"] == "supported" and c["finding"] == "a loss of 2 points or more excluded"
+
+
+def test_claims_and_power_checks_are_judged_at_the_bonferroni_level():
+    """One non-inferiority claim with its power check: 2 tests, so both intervals are at 97.5%. The claim's
+    interval at 97.5% is [-1.2, +0.8] (inconclusive) though at 95% it would lie above -1; the power check's is
+    [-0.2, +1.8] (no power) though at 95% it would lie above 0."""
+    claim = Claim("ni", "t matches big", "non-inferiority", "t", "ref", power="small")
+    s = exact_scores(0.975, t=(-1.2, 0.8), small=(-1.8, 0.2))  # small - ref; ref - small is (-0.2, +1.8)
+    out = judge([claim], 1.0, s)
+    (c,) = out["claims"]
+    assert out["tests"] == 2 and c["level"] == out["level"] == pytest.approx(0.975)
+    assert (c["low"], c["high"]) == pytest.approx((-1.2, 0.8)) and c["verdict"] == "inconclusive"
+    wide = exact_scores(0.975, t=(-0.9, 1.1), small=(-1.8, 0.2))  # the claim passes; the power check decides
+    out = judge([claim], 1.0, wide)
+    (p,) = out["power"]
+    assert p["level"] == pytest.approx(0.975) and (p["low"], p["high"]) == pytest.approx((-0.2, 1.8))
+    assert not p["has_power"] and out["claims"][0]["verdict"] == "inconclusive"
+    assert out["claims"][0]["reason"].startswith("no power")
+    with_power = exact_scores(0.975, t=(-0.9, 1.1), small=(-2.2, -0.2))
+    assert judge([claim], 1.0, with_power)["claims"][0]["verdict"] == "supported"
+
+
+def test_item_noise_keeps_a_verdict_open_when_seeds_agree():
+    """Every seed gives +0.5 (no seed noise) but the items are a small sample: the interval carries the item
+    term, so superiority is not supported."""
+    rng = np.random.default_rng(0)
+    common = rng.normal(0, 1.0, 500)
+    t = stats.ExperimentScores(list(range(5)), np.full(5, 0.5), {"t": np.full(5, 0.5)},
+                               0.5 + np.repeat(common[None, :], 5, axis=0), {"t": 0.5 + np.repeat(common[None, :], 5, axis=0)})  # fmt: skip
+    (c,) = judge([SUP], 1.0, {"t": t, "ref": _exact(np.zeros(5), n_boot=500)})["claims"]
+    assert c["low"] < 0 < 1 < c["high"] and c["verdict"] == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    "k,verdict", [(3, "inconclusive"), (4, "inconclusive"), (5, "excluded"), (8, "excluded")]
+)
+def test_a_verdict_needs_five_seeds(k, verdict):
+    (c,) = judge([SUP], 1.0, exact_scores(k=k, t=(-0.5, 0.5)))["claims"]
+    assert c["n_seeds"] == k and c["verdict"] == verdict
+    if verdict == "inconclusive":
+        assert c["reason"].startswith(f"{k} seeds: a verdict needs at least 5")
+        assert "a gain of 1 point or more excluded" in c["reason"]
+
+
+def _predictions(n, k, changed_per_seed, rng):
+    """Item tables of a control and a treatment whose predictions differ on `changed_per_seed[s]` items."""
+    control, treatment = {"t": {}}, {"t": {}}
+    for s in range(k):
+        pred = rng.integers(0, 2, n)
+        flip = pred.copy()
+        flip[rng.choice(n, changed_per_seed[s], replace=False)] ^= 1
+        control["t"][s] = {"ids": np.arange(n), "predictions": pred}
+        treatment["t"][s] = {"ids": np.arange(n), "predictions": flip}
+    return control, treatment
+
+
+def test_changed_predictions_are_counted_per_seed():
+    rng = np.random.default_rng(0)
+    control, treatment = _predictions(200, 5, [0, 1, 2, 3, 4], rng)
+    ch = changed_predictions(treatment, control)
+    assert (
+        ch["changed"] == [0, 1, 2, 3, 4] and ch["items"] == 200 and ch["fraction"] == pytest.approx(10 / 1000)
+    )
+    assert changed_predictions(treatment, {"t": {9: control["t"][0]}}) is None  # no shared seed: not measured
+
+
+@pytest.mark.parametrize(
+    "changed,acted",
+    [
+        ([0] * 5, False),
+        ([1, 0, 3, 1, 2], False),
+        ([9, 10, 9, 10, 11], False),
+        ([10] * 5, True),
+        ([40] * 5, True),
+    ],
+)
+def test_a_treatment_that_did_not_act_is_not_exercised(changed, acted):
+    """1,000 items, margin 1 point: the treatment acted if it changed at least 1% of its control's predictions
+    (mean over seeds). Below that, whatever the interval says (here: a gain of 1 point or more excluded), the
+    claim is "not exercised", and the reason says what was compared."""
+    claim = Claim("sup", "t beats ref", "superiority", "t", "ref")
+    rng = np.random.default_rng(1)
+    control, treatment = _predictions(1000, 5, changed, rng)
+    checks = {"sup": {"control": "ref", "changed": changed_predictions(treatment, control), "measures": {}}}
+    (c,) = judge([claim], 1.0, exact_scores(t=(-0.5, 0.5)), checks)["claims"]
+    assert c["manipulation"]["acted"] is acted
+    assert c["verdict"] == ("excluded" if acted else "not exercised")
+    if not acted:
+        assert f"of 1,000 per seed ({np.mean(changed) / 10:.2f}%)" in c["reason"]
+        assert "in effect ref was compared with itself" in c["reason"]
+    # the same changes against a margin of 5 points: 1% of the items is not enough
+    (c,) = judge([claim], 5.0, exact_scores(t=(-0.5, 0.5)), checks)["claims"]
+    assert c["verdict"] == "not exercised"
+
+
+def test_not_exercised_overrides_supported_and_no_check_changes_nothing():
+    rng = np.random.default_rng(2)
+    control, treatment = _predictions(1000, 5, [0] * 5, rng)
+    checks = {"sup": {"control": "ref", "changed": changed_predictions(treatment, control), "measures": {}}}
+    assert judge([SUP], 1.0, exact_scores(t=(0.2, 2.0)), checks)["claims"][0]["verdict"] == "not exercised"
+    unmeasured = {"sup": {"control": "ref", "changed": None, "measures": {}}}
+    (c,) = judge([SUP], 1.0, exact_scores(t=(0.2, 2.0)), unmeasured)["claims"]
+    assert c["verdict"] == "supported" and "acted" not in c["manipulation"]
+
+
+def test_control_defaults():
+    assert SUP.control_experiment == "ref" and NONINF.control_experiment is None
+    assert Claim("x", "x", "non-inferiority", "t", "big", power="small").control_experiment == "small"
+    assert Claim("x", "x", "superiority", "t", "r", control="c").control_experiment == "c"
 
 
 def test_pareto_frontier():

@@ -172,7 +172,7 @@ def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
             base = module.get_base_layer()
-            if not isinstance(base, nn.Linear):  # as LoRA-Dash itself (loradash.model._check_targets)
+            if not isinstance(base, nn.Linear):  # as LoRA-Dash itself (loradash.layer.UnsupportedTarget)
                 raise TypeError(
                     f"the probe supports nn.Linear targets only; {name!r} is a {type(base).__name__}"
                 )

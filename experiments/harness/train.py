@@ -68,7 +68,7 @@ def train_and_evaluate(
     finds a checkpoint of its own config there resumes from it (experiments/harness/checkpoint.py)."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import set_seed
+    from accelerate.utils import send_to_device, set_seed
 
     t = cfg.train
     if t.num_threads:
@@ -176,7 +176,12 @@ def train_and_evaluate(
         "primary_metric": fam.primary_metric,
         "score": sum(scores) / len(scores),
     }  # unweighted over tasks
-    diagnostics = method.diagnostics(raw_model, lrs=lrs, best_step=best[1])
+    # Diagnostics measured on activations use one fixed batch: the first micro-batch of seed 0's training order,
+    # the same for every seed and method of a profile.
+    probe = send_to_device(next(iter(family.train_loader(0, micro_batch))), accelerator.device)
+    diagnostics = method.diagnostics(
+        raw_model, lrs=lrs, best_step=best[1], forward=lambda: family.loss(model, probe)
+    )
     return {
         "param_counts": {
             "trainable": counts.trainable,

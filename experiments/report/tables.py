@@ -44,6 +44,8 @@ from experiments.report import stats
 
 LEVEL = 0.95
 CLAIM_KINDS = ("superiority", "non-inferiority")
+MIN_SEEDS = 5  # seeds a claim needs for "supported" or "excluded"
+VERDICTS = ("supported", "excluded", "inconclusive", "not exercised")
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
@@ -88,6 +90,15 @@ class Claim:
     treatment: str
     reference: str
     power: str | None = None
+    control: str | None = (
+        None  # the treatment without its addition (default: power, else a superiority reference)
+    )
+
+    @property
+    def control_experiment(self) -> str | None:
+        if self.control is not None:
+            return self.control
+        return self.power or (self.reference if self.kind == "superiority" else None)
 
 
 def load_claims(family: str) -> tuple[float, list[Claim]]:
@@ -124,6 +135,11 @@ def summarize(fam: type[Family], runs: Mapping[str, list[dict]], n_boot: int = s
     scores = {
         name: stats.score_experiment(tab, tasks, idx, fam.task_scores, 100.0) for name, tab in tables.items()
     }
+    from baselines import get_method
+
+    # the method's reading of each record's diagnostics (what the table shows, and a note where one applies)
+    read = {name: [get_method(r["method"]).summarize_diagnostics(r.get("diagnostics") or {}) for r in recs]
+            for name, recs in runs.items()}  # fmt: skip
     rows = []
     for name, recs in runs.items():
         iv = stats.interval(scores[name], LEVEL)
@@ -136,8 +152,8 @@ def summarize(fam: type[Family], runs: Mapping[str, list[dict]], n_boot: int = s
             "score": iv.estimate, "ci_low": iv.low, "ci_high": iv.high, "seed_sd": iv.seed_sd,
             "seed_variance_known": iv.seed_variance_known,
             "per_task": {t: float(scores[name].per_seed_task[t].mean()) for t in tasks},
-            "diagnostics": _mean_summary([r.get("diagnostics", {}) for r in recs]),
-            "notes": sorted({r["diagnostics"]["note"] for r in recs if r.get("diagnostics", {}).get("note")}),
+            "diagnostics": _mean_summary([x[0] for x in read[name]]),
+            "notes": sorted({x[1] for x in read[name] if x[1]}),
             "description": first["config"].get("description", ""),
         })  # fmt: skip
         if fam.paper_metric is not None:
@@ -164,21 +180,59 @@ def scoring_rules(fam: type[Family], runs: Mapping[str, list[dict]]) -> list[str
     return sorted({rule for recs in runs.values() for r in recs if (rule := fam.scoring_rule(r))})
 
 
-def _mean_summary(diags: list[dict]) -> dict[str, float | None]:
-    keys = sorted({k for d in diags for k in (d.get("summary") or {})})
+def _mean_summary(summaries: list[dict]) -> dict[str, float | None]:
+    keys = sorted({k for d in summaries for k in d})
     out: dict[str, float | None] = {}
     for k in keys:
-        vals = [d["summary"][k] for d in diags if (d.get("summary") or {}).get(k) is not None]
+        vals = [d[k] for d in summaries if d.get(k) is not None]
         out[k] = float(np.mean(vals)) if vals else None
     return out
 
 
-def judge(claims: list[Claim], margin: float, scores: Mapping[str, stats.ExperimentScores]) -> dict[str, Any]:
-    """Every claim whose experiments ran, with power checks, at the Bonferroni-adjusted level."""
+def changed_predictions(treatment: stats.ItemTable, control: stats.ItemTable) -> dict[str, Any] | None:
+    """How many test predictions of the treatment differ from the same seed's control run: per seed (summed over
+    tasks), the items, and the fraction (mean over seeds of each task's fraction, then mean over tasks, as the
+    score). None where the runs share no seed and task, or the records carry no per-item predictions.
+    Class labels are compared exactly; continuous predictions (regression) count any change beyond float
+    rounding, so the check errs towards "acted"."""
+    tasks = sorted(set(treatment) & set(control))
+    seeds = sorted(set.intersection(*(set(treatment[t]) & set(control[t]) for t in tasks))) if tasks else []
+    if not seeds or any("predictions" not in treatment[t][s] or "predictions" not in control[t][s]
+                        for t in tasks for s in seeds):  # fmt: skip
+        return None
+    per_seed = {s: 0 for s in seeds}
+    fractions = []
+    for t in tasks:
+        frac = []
+        for s in seeds:
+            a, b = np.asarray(treatment[t][s]["predictions"]), np.asarray(control[t][s]["predictions"])
+            if not np.array_equal(treatment[t][s]["ids"], control[t][s]["ids"]):
+                raise stats.AlignmentError(f"task {t} seed {s}: treatment and control scored different items")
+            if a.dtype.kind == "f" or b.dtype.kind == "f":
+                diff = ~np.isclose(a.astype(float), b.astype(float), rtol=1e-6, atol=1e-9)
+            else:
+                diff = a != b
+            per_seed[s] += int(diff.sum())
+            frac.append(float(diff.mean()))
+        fractions.append(float(np.mean(frac)))
+    items = sum(len(treatment[t][seeds[0]]["ids"]) for t in tasks)
+    return {"seeds": seeds, "changed": [per_seed[s] for s in seeds], "items": items,
+            "fraction": float(np.mean(fractions))}  # fmt: skip
+
+
+def judge(
+    claims: list[Claim],
+    margin: float,
+    scores: Mapping[str, stats.ExperimentScores],
+    checks: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Every claim whose experiments ran, with power checks, at the Bonferroni-adjusted level. `checks`: per claim
+    id, its manipulation check (`changed_predictions` of treatment vs control, plus the method's measures)."""
     active = [c for c in claims if c.treatment in scores and c.reference in scores]
     powers = sorted({(c.reference, c.power) for c in active if c.power and c.power in scores})
     m = len(active) + len(powers)
     level = 1 - (1 - LEVEL) / max(1, m)
+    threshold = margin / 100  # fraction of changed predictions below which a treatment did not act
     power_rows = {}
     for ref, small in powers:
         iv = stats.difference(scores[ref], scores[small], level)
@@ -191,13 +245,17 @@ def judge(claims: list[Claim], margin: float, scores: Mapping[str, stats.Experim
     out = []
     for c in active:
         iv = stats.difference(scores[c.treatment], scores[c.reference], level)
-        if c.kind == "superiority":
-            verdict = "supported" if iv.low > 0 else "refuted" if iv.high < margin else "inconclusive"
-        else:
-            verdict = "supported" if iv.low > -margin else "refuted" if iv.high < -margin else "inconclusive"
+        verdict, finding = _rule(c.kind, iv.low, iv.high, margin)
         reason = ""
+        check = dict((checks or {}).get(c.id) or {})
+        changed = check.get("changed")
+        if changed is not None:
+            check["acted"] = bool(changed["fraction"] >= threshold and changed["fraction"] > 0)
         if not iv.seed_variance_known:
             verdict, reason = "inconclusive", "fewer than 2 seeds: seed-to-seed noise cannot be estimated"
+        elif iv.n_seeds < MIN_SEEDS and verdict != "inconclusive":
+            verdict, reason = "inconclusive", (f"{iv.n_seeds} seeds: a verdict needs at least {MIN_SEEDS} "
+                                               f"(the interval alone would read: {finding})")  # fmt: skip
         p = power_rows.get((c.reference, c.power)) if c.power else None
         if c.power and verdict == "supported" and (p is None or not p["has_power"]):
             verdict, reason = (
@@ -208,17 +266,74 @@ def judge(claims: list[Claim], margin: float, scores: Mapping[str, stats.Experim
                     else f"no power check: {c.power} was not run"
                 ),
             )
-        out.append({"claim": c.__dict__, **iv.as_dict(), "verdict": verdict, "reason": reason})
+        if check.get("acted") is False:
+            verdict, reason = "not exercised", (
+                f"{c.treatment} changed {_changed_text(changed)} of the test predictions of {check['control']} "
+                f"(same seeds), under the {100 * threshold:g}% that a difference of {margin:g} point(s) needs; "
+                + (f"in effect {c.reference} was compared with itself" if check["control"] == c.reference
+                   else f"in effect the runs compared {check['control']} with {c.reference}"))  # fmt: skip
+        out.append({"claim": c.__dict__, **iv.as_dict(), "verdict": verdict, "finding": finding, "reason": reason,
+                    "manipulation": check or None})  # fmt: skip
     skipped = [c.id for c in claims if c not in active]
-    return {"level": level, "tests": m, "margin": margin, "claims": out, "power": list(power_rows.values()),
-            "skipped": skipped}  # fmt: skip
+    return {"level": level, "tests": m, "margin": margin, "min_seeds": MIN_SEEDS, "acted_threshold": threshold,
+            "claims": out, "power": list(power_rows.values()), "skipped": skipped}  # fmt: skip
+
+
+def _rule(kind: str, low: float, high: float, margin: float) -> tuple[str, str]:
+    """The verdict an interval [low, high] of (treatment - reference) gives, and what it shows in words."""
+    m = f"{margin:g} point{'' if margin == 1 else 's'}"
+    if kind == "superiority":
+        if low > 0:
+            return "supported", "a gain shown" + (
+                f", and one of {m} or more excluded" if high < margin else ""
+            )
+        if high < margin:
+            return "excluded", f"a gain of {m} or more excluded"
+        return "inconclusive", f"neither a gain shown nor one of {m} or more excluded"
+    if low > -margin:
+        return "supported", f"a loss of {m} or more excluded"
+    if high < -margin:
+        return "excluded", f"a loss of under {m} excluded (worse by more than {m})"
+    return "inconclusive", f"neither a loss of {m} or more excluded nor shown"
+
+
+def _changed_text(changed: Mapping[str, Any]) -> str:
+    lo, hi = min(changed["changed"]), max(changed["changed"])
+    per = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"{per} of {changed['items']:,} per seed ({100 * changed['fraction']:.2f}%)"
+
+
+def manipulation_checks(claims: list[Claim], runs: Mapping[str, list[dict]]) -> dict[str, dict[str, Any]]:
+    """Per claim with a control that ran: the changed predictions of the treatment against its control, and the
+    treatment method's own measures of how far its addition moved (mean over its records; None = not measured)."""
+    from baselines import get_method
+
+    out: dict[str, dict[str, Any]] = {}
+    for c in claims:
+        ctrl = c.control_experiment
+        if c.treatment not in runs or ctrl is None or ctrl not in runs:
+            continue
+        recs = runs[c.treatment]
+        method = get_method(recs[0]["method"])
+        measures: dict[str, list[float]] = {}
+        for r in recs:
+            for k, v in method.manipulation_measures(r.get("diagnostics") or {}).items():
+                measures.setdefault(k, [])
+                if v is not None:
+                    measures[k].append(v)
+        out[c.id] = {
+            "control": ctrl,
+            "changed": changed_predictions(stats.item_table(recs), stats.item_table(runs[ctrl])),
+            "measures": {k: float(np.mean(v)) if len(v) == len(recs) else None for k, v in measures.items()},
+        }
+    return out
 
 
 def overall(judged: dict[str, Any]) -> str:
     kinds = [c["verdict"] for c in judged["claims"]]
     if not kinds:
         return "no verdict: none of the claims' experiments ran"
-    counts = {k: kinds.count(k) for k in ("supported", "refuted", "inconclusive")}
+    counts = {k: kinds.count(k) for k in VERDICTS}
     return ", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" (of {len(kinds)} claims)"
 
 
@@ -252,7 +367,7 @@ def write_tables(
         return [*written, note]
     rows, scores, tasks = summarize(fam, runs, n_boot)
     margin, claims = load_claims(family)
-    judged = judge(claims, margin, scores)
+    judged = judge(claims, margin, scores, manipulation_checks(claims, runs))
     paper = _paper(family)
     rules = scoring_rules(fam, runs)
     finished = max((r.get("finished_at") or "" for recs in runs.values() for r in recs), default="")
@@ -359,7 +474,10 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules) -> 
         for r in diag_rows:
             lines.append(
                 f"| {r['experiment']} | "
-                + " | ".join(_fmt(r["diagnostics"].get(k), ".3g") for k in keys)
+                + " | ".join(
+                    "not measured" if r["diagnostics"].get(k) is None else _fmt(r["diagnostics"][k], ".3g")
+                    for k in keys
+                )  # fmt: skip
                 + " |"
             )
     lines += _off_lock_md(runs)
@@ -407,6 +525,7 @@ def _paper_cell(paper: float | None, under_rule: float | None, with_rule: bool) 
 
 def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
     pct = 100 * judged["level"]
+    mg = f"{judged['margin']:g}"
     by_name = {r["experiment"]: r for r in rows}
     rule_col = fam.paper_metric is not None  # the runs' score under the paper's rule, beside its numbers
     scored = f" Scores: 100 x {fam.primary_metric} read by " + "; ".join(rules) + "." if rules else ""
@@ -419,11 +538,20 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
         f"# Verdicts: {fam.name} / `{profile.name}`", "", header, "",
         f"**Overall at this scale: {overall(judged)}.**", "",
         "Rule (experiments/tables.py): the interval of (treatment - reference) in points, seed-aware and paired by "
-        f"seed; margin {judged['margin']:g} point(s). Superiority: supported if the interval lies above 0, refuted if "
-        f"it lies below +{judged['margin']:g}. Non-inferiority: supported if above -{judged['margin']:g}, refuted if "
-        f"below it. A non-inferiority claim against a bigger reference is supported only if that reference itself "
-        f"beats the smaller LoRA (power check). All {judged['tests']} tests at the Bonferroni-adjusted level "
-        f"{pct:.2f}% (family-wise 95%).{scored}", "",
+        f"seed (never narrower than the plain paired t over seeds); margin {mg} point(s). Superiority: supported if "
+        f"the interval lies above 0 (a gain shown), excluded if it lies below +{mg} (a gain of {mg} or more "
+        f"excluded). Non-inferiority: supported if it lies above -{mg} (a loss of {mg} or more excluded), excluded "
+        f"if below -{mg}. The superiority rule is asymmetric: any gain supports \"beats\", only a gain that "
+        f"matters ({mg} or more) is ruled out, so an interval inside (0, +{mg}) supports the claim with a gain "
+        f"smaller than the margin. Supported or excluded needs at least {judged['min_seeds']} seeds; with fewer "
+        "the verdict is inconclusive and says what the interval alone would read. A non-inferiority claim against "
+        "a bigger reference is supported only if that reference itself beats the smaller LoRA (power check). "
+        "Manipulation check: the claim's treatment against its control (the same seeds without the treatment's "
+        "addition, e.g. LoRA-Dash against LoRA at its rank): if it changed fewer than "
+        f"{100 * judged['acted_threshold']:g}% of the control's test predictions (mean over seeds), it cannot "
+        f"have moved an accuracy by {mg} point(s) on any seed, and the claim is *not exercised* whatever its "
+        f"interval. All {judged['tests']} tests at the Bonferroni-adjusted level {pct:.2f}% (family-wise "
+        f"95%).{scored}", "",
         "| claim | treatment - reference (points) | interval | seeds | verdict |"
         + (f" {fam.paper_metric}: treatment / reference |" if rule_col else ""),
         "|---|---|---|---:|---|" + ("---|" if rule_col else ""),
@@ -435,7 +563,7 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
         )
         lines.append(f"| {cl['statement']} | {cl['treatment']} - {cl['reference']}: {c['estimate']:+.2f} | "
                      f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['n_seeds']}{'' if c['paired'] else ' (unpaired)'} | "
-                     f"**{c['verdict']}**{': ' + c['reason'] if c['reason'] else ''} |"
+                     f"**{c['verdict']}**: {c['reason'] or c['finding']} |"
                      + (f" {_fmt(under[0])} / {_fmt(under[1])} |" if rule_col else ""))  # fmt: skip
     if not judged["claims"]:
         lines.append(
@@ -446,6 +574,7 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
             "",
             "Not judged (an experiment is not in this profile): " + ", ".join(judged["skipped"]) + ".",
         ]
+    lines += _manipulation_md(judged)
     lines += ["", "## Power: does the bigger reference beat the smaller LoRA here?", ""]
     if judged["power"]:
         lines += ["| bigger | smaller | difference (points) | interval | power |", "|---|---|---|---|---|"]
@@ -465,6 +594,28 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
     if unknown:
         lines += ["", f"One seed only ({', '.join(unknown)}): their intervals cover test items, not seeds."]
     return "\n".join(lines) + "\n"
+
+
+def _manipulation_md(judged: dict[str, Any]) -> list[str]:
+    checked = [c for c in judged["claims"] if c["manipulation"]]
+    if not checked:
+        return []
+    keys = sorted({k for c in checked for k in c["manipulation"]["measures"]})
+    lines = ["", "## Manipulation check: did the treatment act?", "",
+             "Test predictions of the treatment that differ from its control's on the same seed (per seed), and the "
+             "treatment method's own measures (mean over its runs; \"not measured\" where its records predate "
+             "the measure). Only the changed predictions decide.", "",
+             "| claim | treatment vs control | changed predictions per seed | acted | " + " | ".join(keys) + " |",
+             "|---|---|---|---|" + "---:|" * len(keys)]  # fmt: skip
+    for c in checked:
+        m = c["manipulation"]
+        ch = m["changed"]
+        acted = "not measured" if ch is None else "yes" if m["acted"] else "**no**"
+        cells = [_fmt(m["measures"].get(k), ".3g") if m["measures"].get(k) is not None else "not measured"
+                 for k in keys]  # fmt: skip
+        lines.append(f"| {c['claim']['id']} | {c['claim']['treatment']} vs {m['control']} | "
+                     f"{'-' if ch is None else _changed_text(ch)} | {acted} | " + " | ".join(cells) + " |")  # fmt: skip
+    return lines
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
