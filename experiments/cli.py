@@ -45,7 +45,9 @@ def check_results_dir(path: Path, *, must_exist: bool = False) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
             pass
     except OSError as e:
-        raise UsageError(f"--results-dir {path}: cannot create or write files there ({e.strerror or e})") from None
+        raise UsageError(
+            f"--results-dir {path}: cannot create or write files there ({e.strerror or e})"
+        ) from None
 
 
 def _positive_float(text: str) -> float:
@@ -319,7 +321,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.with_profile is not None and not any(args.with_profile in list_profiles(n)
                                                      for n in available_families()):  # fmt: skip
             known = sorted({p for n in available_families() for p in list_profiles(n)})
-            raise UsageError(f"unknown profile {args.with_profile!r}: no family has it (known: {', '.join(known)})")
+            raise UsageError(
+                f"unknown profile {args.with_profile!r}: no family has it (known: {', '.join(known)})"
+            )
         names = [n for n in names if args.with_profile in (None, *list_profiles(n))]
         if args.family is not None and not names:
             print(f"family {args.family} has no profile {args.with_profile!r}: skipped "

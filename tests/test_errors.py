@@ -310,7 +310,9 @@ def test_sigterm_exits_143(scratch, capsys, monkeypatch):
         raise Interrupted(15)
 
     monkeypatch.setattr(train_mod, "train_and_evaluate", killed)
-    code, err = run_cli([*GLUE_SWEEP, "--jobs", "1", "--results-dir", str(scratch.results.parent / "t")], capsys)
+    code, err = run_cli(
+        [*GLUE_SWEEP, "--jobs", "1", "--results-dir", str(scratch.results.parent / "t")], capsys
+    )
     assert code == 143 and "interrupted (SIGTERM)" in err and len(err.strip().splitlines()) == 1
 
 
