@@ -67,7 +67,7 @@ test-latest:
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q $(TORCH)
 	$(LATEST)/bin/pip install -q --upgrade -e '.[bench,dev]'
-	$(LATEST)/bin/python -m experiments.lockcheck $(LOCK) || true
+	$(LATEST)/bin/python -m experiments.harness.lockcheck $(LOCK) || true
 	$(LATEST)/bin/pytest -q
 
 test-slow: setup

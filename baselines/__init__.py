@@ -1,11 +1,11 @@
 """Every fine-tuning method behind one interface (`Method`), found by name in a registry.
 
-Adding a method is one small file with a `@register`-ed `Method` subclass, plus its import on the registry
-line below (importing the module is what registers it).
+Adding a method is one small file with a `@register`-ed `Method` subclass: the registry imports every module
+of this folder when a method is first looked up.
 """
 
-from . import dora, full, lora, loradash, pissa, vera  # noqa: F401  (the registry line)
 from .base import (
+    METHODS,
     AdapterMethod,
     Method,
     ParamCounts,
@@ -19,6 +19,7 @@ from .base import (
 from .budget import base_param_count, matched_ranks, target_layer_shapes
 
 __all__ = [
+    "METHODS",
     "AdapterMethod",
     "Method",
     "ParamCounts",

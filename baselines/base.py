@@ -12,6 +12,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
@@ -19,6 +20,9 @@ from peft import LoraConfig, PeftModel
 from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import get_peft_model_state_dict
 from torch import nn
+
+from .errors import UserError
+from .registry import Registry, import_modules
 
 __all__ = [
     "AdapterMethod",
@@ -147,6 +151,9 @@ class Method(abc.ABC):
     defaults: ClassVar[Mapping[str, Any]]
     supports_merge: ClassVar[bool] = True  # merge_adapter()/unmerge_adapter() reproduce the unmerged outputs
     needs_target_modules: ClassVar[bool] = True  # False: the method ignores target_modules (full FT)
+    # True: the backward pass computes the base weights' gradients too (full FT): ~6 instead of ~4 FLOPs per
+    # parameter and token, for the GPU estimates
+    trains_base_weights: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self._params: Mapping[str, Any] = MappingProxyType(self.resolve_params(params))
@@ -359,38 +366,32 @@ class AdapterMethod(Method):
 # ----------------------------------------------------------------------------------------------------------------
 # Registry
 
-_REGISTRY: dict[str, type[Method]] = {}
 
-
-class UnknownMethodError(KeyError, ValueError):
+class UnknownMethodError(UserError, KeyError, ValueError):
     """An unknown method name (a KeyError for lookups, a ValueError for config validation)."""
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
         return str(self.args[0])
 
 
-def register(cls: type[M]) -> type[M]:
-    """Class decorator adding a `Method` subclass to the registry under `cls.name`; a duplicate name raises."""
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"register expects a Method subclass, got {cls!r}")
-    name = cls.__dict__.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{cls.__name__} must define a non-empty class attribute `name`")
-    if name in _REGISTRY:
-        raise ValueError(f"method {name!r} is already registered (by {_REGISTRY[name].__qualname__})")
-    _REGISTRY[name] = cls
-    return cls
+def _discover_methods() -> None:
+    """Import every module of `baselines/`: each `@register`s its method (no list of them to keep)."""
+    import_modules("baselines", Path(__file__).parent, skip=NOT_METHODS)
+
+
+NOT_METHODS = ("base", "budget", "errors", "registry")  # the modules of baselines/ that define no method
+METHODS: Registry[type[Method]] = Registry(
+    "method", Method, unknown=UnknownMethodError, discover=_discover_methods
+)
+register = METHODS.register
 
 
 def get_method(name: str) -> type[Method]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownMethodError(f"unknown method {name!r}; known methods: {available_methods()}") from None
+    return METHODS.get(name)
 
 
 def available_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def build_method(name: str, **params: Any) -> Method:

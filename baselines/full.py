@@ -21,6 +21,7 @@ class FullFineTuning(Method):
 
     name = "full"
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    trains_base_weights: ClassVar[bool] = True
     supports_merge = False  # nothing to merge
     needs_target_modules = False
 

@@ -12,6 +12,8 @@ import torch
 
 from experiments.commonsense import TASKS, Example, load_examples, task_file
 from experiments.commonsense_llm.prompts import IGNORE_INDEX, build_prompt, tokenize_for_training
+from experiments.harness.profiles import load_profile
+from experiments.harness.registry import get_family
 from loradash import LoraDashConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "commonsense"
@@ -218,3 +220,83 @@ def simulate_tables(rng, *, effects, n_items=200, k=5, n_tasks=2, sd_seed=0.015,
                 y = (rng.random(n_items) < p).astype(int)
                 tables[name].setdefault(f"t{t}", {})[s] = {"ids": np.arange(n_items), "correct": y}
     return tables
+
+
+# --- a stand-in for the training (sweeps, plans and tables tested in no time) ------------------------------------
+
+N_ITEMS = 40
+
+
+def fake_items(family: str, task: str, quality: float, seed: int) -> dict:
+    """Per-item arrays in the family's own format (the first of the known layouts its `task_score` reads),
+    with about `quality` of the items right."""
+    rng = np.random.default_rng(seed)
+    right = rng.random(N_ITEMS) < quality
+    ids = list(range(N_ITEMS))
+    fam = get_family(family)
+    if task == "stsb":
+        labels = np.linspace(0, 5, N_ITEMS).round(2).tolist()
+        preds = [y if r else 5 - y for y, r in zip(labels, right, strict=True)]
+    else:
+        labels = (np.arange(N_ITEMS) % 2).tolist()
+        preds = [y if r else 1 - y for y, r in zip(labels, right, strict=True)]
+    layouts = [
+        {"ids": ids, "correct": right.astype(int).tolist()},
+        {"ids": ids, "labels": labels, "predictions": preds},
+        {"ids": ids, fam.primary_metric: np.where(right, 0.9, 0.1).tolist()},
+    ]
+    for items in layouts:
+        try:
+            fam.task_score(task, {k: np.asarray(v) for k, v in items.items()})
+        except KeyError:
+            continue
+        return items
+    raise AssertionError(f"no known item layout for {family}")
+
+
+def fake_result(cfg, seed, *, test_best_lr=1e-4, val_best_lr=1e-3):
+    """Validation prefers `val_best_lr`, the test set `test_best_lr`: a harness that picked on test would fail."""
+    fam = get_family(cfg.family)
+    val = 0.5 + 0.01 * seed + (0.05 if cfg.train.lr == val_best_lr else 0.0)
+    quality = 0.6 + (0.3 if cfg.train.lr == test_best_lr else 0.0)
+    tasks = [cfg.task] if cfg.task else [t for t in cfg.data.eval_tasks if t in ("boolq", "ARC-Easy")]
+    per_task = {}
+    for task in tasks:
+        items = fake_items(cfg.family, task, quality, seed)
+        arrays = {k: np.asarray(v) for k, v in items.items()}
+        per_task[task] = {fam.primary_metric: fam.task_score(task, arrays), "n": N_ITEMS, "items": items}
+    score = float(np.mean([r[fam.primary_metric] for r in per_task.values()]))
+    metric = cfg.train.selection_metric
+    v = val if fam.higher_is_better(metric) else 1 - val
+    return {
+        "param_counts": {"trainable": 10, "head": 1, "stored": 10, "total_model": 100},
+        "test": {
+            "protocol": "fake",
+            "per_task": per_task,
+            "missing_tasks": [],
+            "score": score,
+            "primary_metric": fam.primary_metric,
+        },
+        "validation_curve": [{"step": 1, metric: v}],
+        "best_step": 1,
+        "selection_metric": metric,
+        "diagnostics": {},
+    }
+
+
+def fake_train(cfg, *, seed, profile, progress=True):
+    return fake_result(cfg, seed)
+
+
+def n_planned(family: str) -> int:
+    p = load_profile(family, "smoke")
+    return len(p.experiments) * len(p.task_list) * len(p.tune_seeds)
+
+
+def tiny_config(experiment: str, model_dir, **eval_overrides):
+    """A commonsense_llm experiment at the `tiny` profile, on the tiny LLaMA saved in `model_dir`."""
+    from experiments.harness.config import with_overrides
+    from experiments.harness.profiles import experiment_config
+
+    cfg = experiment_config(load_profile("commonsense_llm", "tiny"), experiment)
+    return with_overrides(cfg, model={"name": str(model_dir)}, eval=eval_overrides)

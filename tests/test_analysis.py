@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import analysis
-from experiments.analysis import (
+from experiments.analysis import tsd as analysis
+from experiments.analysis.tsd import (
     LayerChoice,
     analyze,
     chance_jaccard,
@@ -22,8 +22,8 @@ from experiments.analysis import (
     seed_stability,
     spectrum_positions,
 )
-from experiments.results import read_record, run_path, write_atomic
-from experiments.tsd_probe import ProbeResult, ProbeSettings
+from experiments.analysis.tsd_probe import ProbeResult, ProbeSettings
+from experiments.harness.records import read_record, run_path, write_atomic
 
 K = 100  # min(out, in) of every synthetic layer
 DIMS = {"enc.0.q": K, "enc.0.v": K}
@@ -204,9 +204,9 @@ def test_real_run_and_probe_agree_with_the_launch(tmp_path):
     """A LoRA-Dash run of the GLUE smoke setup (launch after t = 2 steps), two copies as other seeds, then the
     analysis with the probe: at (r = 2, t = 2, same seed and rate) the probe must pick exactly the directions the
     run's launch picked, in every layer, and the copies give known overlaps."""
-    from experiments.config import load_experiment
-    from experiments.profiles import load_profile
-    from experiments.train import run
+    from experiments.harness.config import load_experiment
+    from experiments.harness.profiles import load_profile
+    from experiments.harness.train import run
 
     p = load_profile("glue", "smoke")
     cfg = load_experiment("glue", "loradash-r2", profile_overrides=p.overrides, profile_source=p.source,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 import baselines
 from baselines import (
     ParamCounts,
+    UnknownMethodError,
     available_methods,
     base_param_count,
     build_method,
@@ -68,19 +71,62 @@ def train(method, model, batch, steps: int) -> None:
 # Registry and hyper-parameters
 
 
-def test_registry_lists_every_method():
-    assert available_methods() == ["dora", "full", "lora", "loradash", "pissa", "vera"]
+def registered_in_files() -> dict[str, str]:
+    """method name -> file, read from the `@register`-ed classes of baselines/*.py (no list kept anywhere)."""
+    found = {}
+    for path in sorted(Path(baselines_base.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                ast.unparse(d) == "register" for d in node.decorator_list
+            ):
+                name = next(
+                    a.value.value
+                    for a in node.body
+                    if isinstance(a, ast.Assign) and ast.unparse(a.targets[0]) == "name"
+                )
+                found[name] = path.name
+    return found
+
+
+def test_the_registry_finds_every_method_file_without_a_list():
+    """Adding a method is its file: every `@register`-ed class of baselines/ is registered, and nothing else."""
+    assert available_methods() == sorted(registered_in_files())
+    assert set(registered_in_files().values()).isdisjoint(f"{m}.py" for m in baselines_base.NOT_METHODS)
+
+
+def test_a_new_method_module_is_discovered(tmp_path, monkeypatch):
+    """The discovery itself: a package holding one more method file registers it on first lookup."""
+    import importlib
+
+    pkg = tmp_path / "more_methods"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from pathlib import Path\n\nfrom baselines.base import Method, UnknownMethodError\n"
+        "from baselines.registry import Registry, import_modules\n\n"
+        "REGISTRY = Registry('method', Method, unknown=UnknownMethodError,\n"
+        "                    discover=lambda: import_modules('more_methods', Path(__file__).parent))\n"
+    )
+    (pkg / "wide_lora.py").write_text(
+        "from baselines.lora import Lora\nfrom more_methods import REGISTRY\n\n\n"
+        "@REGISTRY.register\nclass WideLora(Lora):\n    name = 'wide-lora'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = importlib.import_module("more_methods").REGISTRY
+    assert registry.names() == ["wide-lora"] and registry.get("wide-lora").__name__ == "WideLora"
+    with pytest.raises(UnknownMethodError, match=r"unknown method 'lora' \(known: wide-lora\)"):
+        registry.get("lora")
 
 
 def test_unknown_method_lists_the_known_ones_sorted():
-    with pytest.raises(KeyError, match=re.escape(str(available_methods()))) as info:
+    with pytest.raises(KeyError, match=re.escape(", ".join(available_methods()))) as info:
         get_method("qlora")
     assert isinstance(info.value, ValueError)  # also a config error
     assert "'qlora'" in str(info.value)
 
 
 def test_duplicate_registration_raises(monkeypatch):
-    monkeypatch.setattr(baselines_base, "_REGISTRY", dict(baselines_base._REGISTRY))
+    saved = baselines_base.METHODS.snapshot()
+    monkeypatch.setattr(baselines_base.METHODS, "_entries", saved | {})
 
     class Again(Lora):
         name = "lora"
@@ -154,9 +200,9 @@ def test_gaussian_init_draws_a_from_a_normal_of_std_one_over_r(name):
 def test_a_setting_added_later_leaves_earlier_records_current():
     """`init_lora_weights` joined LoRA's hyper-parameters after results were committed: at its old value it is
     left out of the config hash (earlier records stay current); another value changes the hash."""
-    from experiments.config import HASHED_UNLESS, config_hash
-    from experiments.profiles import load_profile
-    from experiments.sweep import load_configs
+    from experiments.harness.config import HASHED_UNLESS, config_hash
+    from experiments.harness.plan import load_configs
+    from experiments.harness.profiles import load_profile
 
     cfg = next(c for c in load_configs(load_profile("glue", "smoke")).values() if c.method.name == "lora")
     resolved = dict(build_method("lora", **cfg.method.params).params)

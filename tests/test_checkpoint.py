@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from experiments import checkpoint as ckpt
-from experiments import train as train_mod
-from experiments.config import family_dir, load_experiment, with_overrides
 from experiments.glue.family import GlueRun
-from experiments.profiles import load_profile
-from experiments.results import iter_records, read_record, run_path, validate_record
+from experiments.harness import checkpoint as ckpt
+from experiments.harness import train as train_mod
+from experiments.harness.config import family_dir, load_experiment, with_overrides
+from experiments.harness.profiles import load_profile
+from experiments.harness.records import iter_records, read_record, run_path, validate_record
 
 REPO = Path(__file__).resolve().parent.parent
 SAME = ("test", "validation_curve", "best_step", "examples_seen", "max_steps", "diagnostics", "param_counts")
@@ -156,7 +156,7 @@ ckpt:
 RUNNER = """
 import sys
 from pathlib import Path
-import experiments.config as config_mod
+import experiments.harness.config as config_mod
 config_mod.EXPERIMENTS_ROOT = Path(sys.argv[1])
 from experiments.cli import main
 sys.exit(main(sys.argv[2:]))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.results import REPO_ROOT
-from experiments.sweep import plan_status
-from experiments.tables import write_tables
+from experiments.harness.plan import plan_status
+from experiments.harness.records import REPO_ROOT
+from experiments.report.tables import write_tables
 
 RESULTS = REPO_ROOT / "results"
 COMMITTED = [("glue", "cpu"), ("glue", "cpu-power"), ("commonsense", "cpu")]

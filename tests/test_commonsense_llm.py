@@ -11,11 +11,11 @@ import torch
 from experiments.commonsense.data import LABELS
 from experiments.commonsense_llm.estimate import estimate_run, forward_call_launch_update, launch_update
 from experiments.commonsense_llm.family import CommonsenseCausalRun
-from experiments.config import EXPERIMENTS_ROOT, load_experiment, read_yaml, with_overrides
-from experiments.profiles import load_profile
-from experiments.results import read_record, validate_record
-from experiments.train import run
-from tests.helpers import ScriptedModel, build_tiny_llama, build_tokenizer, fixture_examples
+from experiments.harness.config import EXPERIMENTS_ROOT, load_experiment, read_yaml, with_overrides
+from experiments.harness.profiles import load_profile
+from experiments.harness.records import read_record, validate_record
+from experiments.harness.train import run
+from tests.helpers import ScriptedModel, build_tiny_llama, build_tokenizer, fixture_examples, tiny_config
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 
@@ -29,15 +29,6 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
-
-
-def tiny_config(experiment: str, model_dir, **eval_overrides):
-    p = load_profile("commonsense_llm", "tiny")
-    cfg = load_experiment(
-        "commonsense_llm", experiment, profile_overrides=p.overrides, profile_source=p.source,
-        method_overrides=p.method_overrides,
-    )  # fmt: skip
-    return with_overrides(cfg, model={"name": str(model_dir)}, eval=eval_overrides)
 
 
 def paper_config(experiment: str):

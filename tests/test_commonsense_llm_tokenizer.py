@@ -11,12 +11,11 @@ import sentencepiece as spm
 from experiments.commonsense_llm.family import CommonsenseCausalRun
 from experiments.commonsense_llm.prompts import build_prompt
 from experiments.commonsense_llm.tokenizer import load_tokenizer
-from experiments.config import ConfigError, config_hash, load_experiment, with_overrides
-from experiments.profiles import load_profile
-from experiments.results import validate_record
-from experiments.train import run
-from tests.helpers import build_tiny_llama, fixture_examples
-from tests.test_commonsense_llm import tiny_config
+from experiments.harness.config import ConfigError, config_hash, load_experiment, with_overrides
+from experiments.harness.profiles import load_profile
+from experiments.harness.records import validate_record
+from experiments.harness.train import run
+from tests.helpers import build_tiny_llama, fixture_examples, tiny_config
 
 BOS = 1
 

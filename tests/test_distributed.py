@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 import baselines.loradash as bl
-from experiments import train
-from experiments.config import load_experiment, with_overrides
+from experiments.harness import train
+from experiments.harness.config import load_experiment, with_overrides
 from experiments.glue.family import GlueRun
-from experiments.profiles import load_profile
+from experiments.harness.profiles import load_profile
 
 out = Path(sys.argv[1])
 build = GlueRun.build_model
@@ -106,7 +106,7 @@ def test_two_cpu_processes_match_one(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     import loradash
-    from experiments.commonsense.family import resolve_model
+    from experiments.harness.loading import resolve_model
 
     for run, record in (("one", one), ("two", two)):
         base = AutoModelForSequenceClassification.from_pretrained(resolve_model("embedded:all-MiniLM-L6-v2"))

@@ -14,7 +14,6 @@ import torch
 pytest.importorskip("diffusers")
 
 from baselines import build_method  # noqa: E402
-from experiments.config import load_experiment, with_overrides  # noqa: E402
 from experiments.dreambooth import data as db  # noqa: E402
 from experiments.dreambooth import metrics as mx  # noqa: E402
 from experiments.dreambooth.family import DreamBoothRun  # noqa: E402
@@ -28,8 +27,9 @@ from experiments.dreambooth.models import (  # noqa: E402
     sdxl_meta_unet,
     tiny_tokenizer,
 )
-from experiments.profiles import load_profile  # noqa: E402
-from experiments.results import read_record, run_path, validate_record  # noqa: E402
+from experiments.harness.config import load_experiment, with_overrides  # noqa: E402
+from experiments.harness.profiles import load_profile  # noqa: E402
+from experiments.harness.records import read_record, run_path, validate_record  # noqa: E402
 
 try:
     DATA = db.default_data_dir()
@@ -173,7 +173,7 @@ TINY_EXPERIMENTS = ["lora-r4", "dora-r4", "loradash-r4", "full"]
 def tiny_runs(tmp_path_factory):
     """Every method on the tiny paper path: batch 2 x accumulation 2 with prior preservation on an object
     subject (vase), 5 prompts x 2 seeds, grids written; records in a shared folder."""
-    from experiments.train import run
+    from experiments.harness.train import run
 
     if DATA is None:
         pytest.skip("no DreamBooth data")
@@ -232,7 +232,7 @@ def test_tables_write_the_grids_side_by_side_and_no_finding_from_random_models(t
     rate with every method's grid under its name, labelled as random weights."""
     from PIL import Image
 
-    from experiments.tables import write_tables
+    from experiments.report.tables import write_tables
 
     root, records = tiny_runs
     written = write_tables("dreambooth", "tiny", root, n_boot=50)
@@ -252,8 +252,8 @@ def test_dreambooth_claims_are_judged_on_dino_when_the_models_are_real():
     """The family's claims on simulated per-image DINO similarities of real-model runs (5 seeds, 4 subjects):
     a clear gain of LoRA-Dash is supported, a clear loss refutes, and "matches DoRA" shows nothing unless DoRA
     beats LoRA."""
-    from experiments import stats
-    from experiments.tables import judge, load_claims
+    from experiments.report import stats
+    from experiments.report.tables import judge, load_claims
 
     margin, claims = load_claims("dreambooth")
     assert margin == 1.0 and {c.id for c in claims} >= {"same-rank-r4", "vs-dora-r4"}
@@ -296,7 +296,7 @@ def test_dreambooth_claims_are_judged_on_dino_when_the_models_are_real():
 def test_fp16_weights_train_and_generate(tmp_path):
     """The paper keeps the frozen weights in fp16 (the adapter's own parameters stay fp32): the same path with
     fp16 weights on the CPU (autocast, the GPU half of the paper's layout, needs a GPU)."""
-    from experiments.train import run
+    from experiments.harness.train import run
 
     cfg = config("smoke", "loradash-r4", "dog", model={"dtype": "float16"}, eval={"max_prompts": 2})
     rec = run(cfg, seed=0, lr=1e-3, profile="smoke", results_dir=tmp_path, progress=False)

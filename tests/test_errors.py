@@ -3,7 +3,7 @@
 Every case here is a user's mistake in a config, a data file, a command-line value, a run record, an adapter
 folder, or a run that diverges. Each must exit with status 2 and exactly one line on stderr naming the
 problem, and leave every record already written byte for byte as it was. The commands run in-process against
-a scratch copy of the family folders (`experiments.config.EXPERIMENTS_ROOT` points at it) and of the data
+a scratch copy of the family folders (`experiments.harness.config.EXPERIMENTS_ROOT` points at it) and of the data
 (symlinks, with the broken file written in place of one), so the checks of `sweep` and `run` see them before
 anything trains; training is a stand-in except where it is the point (the NaN loss).
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from experiments import train as train_mod
 from experiments.cli import main
-from experiments.config import EXPERIMENTS_ROOT
 from experiments.glue.family import GlueRun
-from experiments.results import read_record, run_path
-from tests.test_harness import fake_train
+from experiments.harness import train as train_mod
+from experiments.harness.config import EXPERIMENTS_ROOT
+from experiments.harness.records import read_record, run_path
+from tests.helpers import fake_train
 
 TRAIN_AND_EVALUATE = train_mod.train_and_evaluate  # the real loop, kept before any test replaces it
 GLUE_LOSS = GlueRun.loss
@@ -70,7 +70,7 @@ class Scratch:
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch, written) -> Scratch:
-    import experiments.config as config_mod
+    import experiments.harness.config as config_mod
 
     root = tmp_path / "exps"
     for family in FAMILIES:
@@ -365,7 +365,7 @@ def test_a_nan_loss_leaves_a_failed_record_and_one_line(scratch, capsys, monkeyp
     assert code == 2 and len(lines) == 1, err
     assert "non-finite training loss nan at step 0" in lines[0] and str(path) in lines[0]
     rec = read_record(path)
-    assert rec["status"] == "failed" and "FloatingPointError" in rec["error"]
+    assert rec["status"] == "failed" and "DivergedError" in rec["error"]
     after = snapshot(scratch.results)
     assert {k: after[k] for k in before} == before  # the records already written are untouched
 
@@ -381,7 +381,7 @@ def test_a_bug_in_the_harness_shows_its_traceback(scratch, capsys, monkeypatch):
 
 
 def test_debug_shows_the_traceback_of_a_users_mistake(scratch):
-    from experiments.config import ConfigError
+    from experiments.harness.config import ConfigError
 
     scratch.write(f"{CS}/lora-r1/experiment.yaml", "method: {name: lora, r: -1}\n")
     with pytest.raises(ConfigError, match="r must be >= 1"):
@@ -417,8 +417,8 @@ def test_an_example_free_file_is_a_data_error_of_commonsense_llm(tmp_path, monke
     """commonsense_llm reads the LLM-Adapters files through the commonsense loaders (its preflight data check is
     the commonsense family's): an empty training mix or test file is one line naming the file, before a run."""
     from experiments.commonsense.data import DataFormatError
-    from experiments.config import load_experiment, with_overrides
-    from experiments.preflight import check_data
+    from experiments.harness.config import load_experiment, with_overrides
+    from experiments.harness.preflight import check_data
     from tests.helpers import FIXTURES
 
     _symlinked_copy(FIXTURES, tmp_path)

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from experiments.config import load_experiment, with_overrides
 from experiments.glue.data import (
     GlueFormatError,
     convert_hub_row,
@@ -19,9 +18,10 @@ from experiments.glue.data import (
     task_file,
 )
 from experiments.glue.metrics import task_metrics
-from experiments.profiles import load_profile
-from experiments.results import validate_record
-from experiments.train import run
+from experiments.harness.config import load_experiment, with_overrides
+from experiments.harness.profiles import load_profile
+from experiments.harness.records import validate_record
+from experiments.harness.train import run
 
 # rows and labels of the shared files (../shared/data/glue/README.md)
 SIZES = {
@@ -123,7 +123,7 @@ def tiny_deberta_dir(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
 
-    from experiments.commonsense.family import resolve_model
+    from experiments.harness.loading import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model("embedded:all-MiniLM-L6-v2"))
     torch.manual_seed(0)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from baselines import available_methods, build_method
-from experiments import sweep as sweep_mod
-from experiments import train as train_mod
-from experiments.config import ConfigError, family_dir, list_experiments, load_experiment
-from experiments.profiles import list_profiles, load_profile
-from experiments.registry import available_families, get_family
-from experiments.results import read_record, run_path, validate_record
-from experiments.tables import write_tables
+from experiments.harness import plan as plan_mod
+from experiments.harness import sweep as sweep_mod
+from experiments.harness import train as train_mod
+from experiments.harness.config import ConfigError, family_dir, list_experiments, load_experiment
+from experiments.harness.profiles import list_profiles, load_profile
+from experiments.harness.records import read_record, run_path, validate_record
+from experiments.harness.registry import available_families, get_family
+from experiments.report.tables import write_tables
+from tests.helpers import fake_result, fake_train, n_planned
 
 FAMILIES = tuple(available_families())
 
@@ -77,7 +78,7 @@ def family(tmp_path, monkeypatch):
     """A scratch copy of the commonsense family folder, so tests can write broken configs into it."""
     import shutil
 
-    import experiments.config as config_mod
+    import experiments.harness.config as config_mod
 
     root = tmp_path / "exps"
     shutil.copytree(
@@ -138,71 +139,7 @@ def test_impossible_rank_is_a_clear_error():
 
 # --- resumable sweeps, with a stand-in for the training so these tests take no time ----------------------------
 
-N_ITEMS = 40
-
-
-def fake_items(family: str, task: str, quality: float, seed: int) -> dict:
-    """Per-item arrays in the family's own format (the first of the known layouts its `task_score` reads),
-    with about `quality` of the items right."""
-    rng = np.random.default_rng(seed)
-    right = rng.random(N_ITEMS) < quality
-    ids = list(range(N_ITEMS))
-    fam = get_family(family)
-    if task == "stsb":
-        labels = np.linspace(0, 5, N_ITEMS).round(2).tolist()
-        preds = [y if r else 5 - y for y, r in zip(labels, right, strict=True)]
-    else:
-        labels = (np.arange(N_ITEMS) % 2).tolist()
-        preds = [y if r else 1 - y for y, r in zip(labels, right, strict=True)]
-    layouts = [
-        {"ids": ids, "correct": right.astype(int).tolist()},
-        {"ids": ids, "labels": labels, "predictions": preds},
-        {"ids": ids, fam.primary_metric: np.where(right, 0.9, 0.1).tolist()},
-    ]
-    for items in layouts:
-        try:
-            fam.task_score(task, {k: np.asarray(v) for k, v in items.items()})
-        except KeyError:
-            continue
-        return items
-    raise AssertionError(f"no known item layout for {family}")
-
-
-def fake_result(cfg, seed, *, test_best_lr=1e-4, val_best_lr=1e-3):
-    """Validation prefers `val_best_lr`, the test set `test_best_lr`: a harness that picked on test would fail."""
-    fam = get_family(cfg.family)
-    val = 0.5 + 0.01 * seed + (0.05 if cfg.train.lr == val_best_lr else 0.0)
-    quality = 0.6 + (0.3 if cfg.train.lr == test_best_lr else 0.0)
-    tasks = [cfg.task] if cfg.task else [t for t in cfg.data.eval_tasks if t in ("boolq", "ARC-Easy")]
-    per_task = {}
-    for task in tasks:
-        items = fake_items(cfg.family, task, quality, seed)
-        arrays = {k: np.asarray(v) for k, v in items.items()}
-        per_task[task] = {fam.primary_metric: fam.task_score(task, arrays), "n": N_ITEMS, "items": items}
-    score = float(np.mean([r[fam.primary_metric] for r in per_task.values()]))
-    metric = cfg.train.selection_metric
-    v = val if fam.higher_is_better(metric) else 1 - val
-    return {
-        "param_counts": {"trainable": 10, "head": 1, "stored": 10, "total_model": 100},
-        "test": {"protocol": "fake", "per_task": per_task, "missing_tasks": [], "score": score,
-                 "primary_metric": fam.primary_metric},
-        "validation_curve": [{"step": 1, metric: v}],
-        "best_step": 1,
-        "selection_metric": metric,
-        "diagnostics": {},
-    }  # fmt: skip
-
-
-def fake_train(cfg, *, seed, profile, progress=True):
-    return fake_result(cfg, seed)
-
-
 SMOKE_FAMILIES = [f for f in FAMILIES if "smoke" in list_profiles(f)]
-
-
-def n_planned(family: str) -> int:
-    p = load_profile(family, "smoke")
-    return len(p.experiments) * len(p.task_list) * len(p.tune_seeds)
 
 
 @pytest.mark.parametrize("fam", SMOKE_FAMILIES)
@@ -220,13 +157,13 @@ def test_interrupted_sweep_resumes_each_run_exactly_once(fam, tmp_path, monkeypa
     monkeypatch.setattr(train_mod, "train_and_evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sweep_mod.sweep(fam, "smoke", tmp_path, jobs=1, progress=False, log=lambda s: None)
-    statuses = [r["status"] for r in sweep_mod.plan_status(fam, "smoke", tmp_path)]
+    statuses = [r["status"] for r in plan_mod.plan_status(fam, "smoke", tmp_path)]
     assert statuses.count("complete") == 2 and statuses.count("interrupted") == 1
     summary = sweep_mod.sweep(fam, "smoke", tmp_path, jobs=1, progress=False, log=lambda s: None)
     n = n_planned(fam)
     assert summary["tune"] == {"skipped": 2, "complete": n - 2, "failed": 0}
     assert len(completed) == len(set(completed)) == n  # each run completed exactly once
-    assert all(r["status"] == "complete" for r in sweep_mod.plan_status(fam, "smoke", tmp_path))
+    assert all(r["status"] == "complete" for r in plan_mod.plan_status(fam, "smoke", tmp_path))
     again = sweep_mod.sweep(fam, "smoke", tmp_path, jobs=1, progress=False, log=lambda s: None)
     assert again["tune"]["complete"] == 0 and len(completed) == n
 
@@ -272,7 +209,7 @@ def test_changed_config_makes_a_record_stale_and_the_old_one_is_kept(tmp_path, m
     path = run_path(tmp_path, "smoke", "commonsense", "lora-r1", 0, 1e-3)
     old = path.read_text()
     (family / "lora-r1" / "experiment.yaml").write_text("method: {name: lora, r: 1, lora_dropout: 0.1}\n")
-    rows = {r["experiment"]: r["status"] for r in sweep_mod.plan_status("commonsense", "smoke", tmp_path)}
+    rows = {r["experiment"]: r["status"] for r in plan_mod.plan_status("commonsense", "smoke", tmp_path)}
     assert rows["lora-r1"] == "stale" and rows["loradash-r1"] == "complete"
     summary = sweep_mod.sweep("commonsense", "smoke", tmp_path, jobs=1, progress=False, log=lambda s: None)
     assert summary["tune"]["complete"] == 1
@@ -286,11 +223,11 @@ def test_corrupt_record_is_reported_not_skipped(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text('{"status": "compl')
     with pytest.raises(ValueError, match="corrupt run record"):
-        sweep_mod.plan_status("commonsense", "smoke", tmp_path)
+        plan_mod.plan_status("commonsense", "smoke", tmp_path)
 
 
 def test_learning_rates_never_share_a_record_file():
-    from experiments.results import lr_tag
+    from experiments.harness.records import lr_tag
 
     rates = [1e-3, 1.5e-3, 2e-3, 2.2e-3, 5e-5, 1e-4, 3e-4, 1.25e-4]
     assert len({lr_tag(r) for r in rates}) == len(rates)
@@ -339,7 +276,7 @@ def test_smoke_profile_end_to_end_every_method(fam, tmp_path):
     assert summary["tune"] == {"skipped": 0, "complete": n_planned(fam), "failed": 0}
     methods = set()
     family_cls = get_family(fam)
-    for row in sweep_mod.plan_status(fam, "smoke", tmp_path):
+    for row in plan_mod.plan_status(fam, "smoke", tmp_path):
         rec = read_record(__import__("pathlib").Path(row["path"]))
         assert rec["status"] == "complete" and validate_record(rec, family_cls.primary_metric) == []
         assert rec["provenance"]["git"]["commit"] and rec["identity"]["data"]["files"]

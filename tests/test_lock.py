@@ -13,8 +13,8 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
-from experiments import lockcheck
-from experiments.loading import load_pretrained
+from experiments.harness import lockcheck
+from experiments.harness.loading import load_pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ def test_off_lock_compares_releases_and_names_the_differences():
 
 
 def _embedded() -> Path:
-    from experiments.commonsense.family import resolve_model
+    from experiments.harness.loading import resolve_model
 
     return Path(resolve_model("embedded:all-MiniLM-L6-v2"))
 
@@ -110,12 +110,12 @@ def test_every_transformers_model_load_of_the_harness_goes_through_load_pretrain
     pattern = re.compile(r"\bAutoModel\w*\.from_pretrained\(")
     offenders = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "experiments").rglob("*.py")
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]  # fmt: skip
-    assert not offenders, f"load these with experiments.loading.load_pretrained: {offenders}"
+    assert not offenders, f"load these with experiments.harness.loading.load_pretrained: {offenders}"
 
 
 def test_a_failure_inside_a_dependency_is_not_blamed_on_the_experiment_file(kernels_default_on, monkeypatch):
-    from experiments import preflight as pf
     from experiments.glue.family import GlueRun
+    from experiments.harness import preflight as pf
 
     class Run:
         cfg = type("C", (), {"model": type("M", (), {"name": "embedded:all-MiniLM-L6-v2"}), "sources": ["x/e.yaml"],

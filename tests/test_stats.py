@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from experiments import stats
 from experiments.glue.metrics import batch_scores, task_metrics
+from experiments.report import stats
 from tests.helpers import mean_correct, simulate_tables
 
 

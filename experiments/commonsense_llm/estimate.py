@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from baselines import build_method
+from baselines import build_method, get_method
 from baselines.budget import base_param_count, target_layer_shapes
-from experiments.config import ExperimentConfig
+from experiments.harness.config import ExperimentConfig
+from experiments.harness.schedule import total_steps
 
 # Architectures of the paper's models (their config.json values), so the plan needs no hub access.
 KNOWN_ARCHS: dict[str, dict[str, Any]] = {
@@ -42,13 +43,6 @@ def meta_model(name: str) -> torch.nn.Module:
         raise ValueError(f"no architecture on record for {name!r} (known: {', '.join(KNOWN_ARCHS)})")
     with torch.device("meta"):
         return LlamaForCausalLM(LlamaConfig(**KNOWN_ARCHS[name]))
-
-
-def total_steps(cfg: ExperimentConfig, n_train: int) -> int:
-    """Optimizer steps of a run on `n_train` training items (the loop's rule: the last batch of an epoch may be
-    short, as transformers.Trainer's)."""
-    t = cfg.train
-    return t.max_steps if t.max_steps is not None else (t.epochs or 1) * math.ceil(n_train / t.batch_size)
 
 
 def forward_call_launch_update(
@@ -118,7 +112,9 @@ def estimate_run(cfg: ExperimentConfig, n_train: int = COMMONSENSE_170K) -> dict
     memory_gb = (total * weight_bytes + trainable * a["bytes_per_trainable"] + acts + logits) / 1e9
     steps = total_steps(cfg, n_train - d.val_examples)
     tokens = steps * t.batch_size * a["mean_tokens_per_example"]
-    flops_per_token = (6 if cfg.method.name == "full" else 4) * total  # adapters: no weight gradients
+    flops_per_token = (
+        6 if get_method(cfg.method.name).trains_base_weights else 4
+    ) * total  # adapters: no weight gradients
     train_h = tokens * flops_per_token / (a["sustained_tflops"] * 1e12) / 3600
     test_items = 22_349 if d.test_examples_per_task is None else d.test_examples_per_task * len(d.eval_tasks)
     e = cfg.eval

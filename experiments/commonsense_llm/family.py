@@ -36,8 +36,8 @@ from experiments.commonsense_llm.generation import (
 )
 from experiments.commonsense_llm.prompts import tokenize_for_training, validation_split
 from experiments.commonsense_llm.tokenizer import load_tokenizer, tokenizer_identity
-from experiments.config import ExperimentConfig
-from experiments.registry import Metric, register_family, shuffled_loader
+from experiments.harness.config import ExperimentConfig
+from experiments.harness.registry import Metric, register_family, shuffled_loader
 
 EXTRACTION_DESCRIPTIONS = {
     "whole_word": "first label of the task as a whole word, case-insensitive (data.extract_answer)",
@@ -159,7 +159,7 @@ class CommonsenseCausalRun(CommonsenseRun):
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        from experiments.loading import load_pretrained
+        from experiments.harness.loading import load_pretrained
 
         return load_pretrained(
             AutoModelForCausalLM, self.model_path, dtype=getattr(torch, self.cfg.model.dtype)

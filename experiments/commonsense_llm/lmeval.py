@@ -25,10 +25,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no types
 
 from experiments.commonsense.data import TASKS, default_data_dir, task_file
 from experiments.commonsense_llm.prompts import PromptTemplate, build_prompt
+from experiments.harness.errors import MissingFileError
 
 __all__ = [
     "DEFAULT_ANSWER_PREFIX",
@@ -124,7 +125,7 @@ def write_task_configs(
     for task in tasks:
         data_file = task_file(task, split, data_dir)
         if not data_file.is_file():
-            raise FileNotFoundError(f"no {task} {split} file at {data_file}")
+            raise MissingFileError(f"no {task} {split} file at {data_file}")
         config = task_config(task, data_file, template=template, answer_prefix=answer_prefix)
         path = out / f"{config['task']}.yaml"
         # width=inf: never fold the long prompt strings (folding is lossless, but unreadable).
@@ -167,7 +168,7 @@ def load_loradash_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import loradash
-    from experiments.loading import load_pretrained
+    from experiments.harness.loading import load_pretrained
 
     if isinstance(dtype, str) and dtype != "auto":  # lm-eval's model_args spell it "float16", "bfloat16", ...
         dtype = getattr(torch, dtype)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from experiments.datadir import shared_data_dir
+from experiments.harness.datadir import shared_data_dir
+from experiments.harness.errors import MissingFileError
 
 DATA_ENV_VAR = "LORADASH_DREAMBOOTH_DIR"
 PROMPTS_FILE = "prompts_and_classes.txt"
@@ -87,7 +88,7 @@ def instance_files(data_dir: Path, subject: str) -> list[Path]:
             if (data_dir / "dataset").is_dir()
             else []
         )
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no DreamBooth subject folder {folder} (subjects there: {', '.join(known) or 'none'})"
         )
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

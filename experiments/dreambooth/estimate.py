@@ -11,8 +11,8 @@ from typing import Any
 
 from baselines import build_method
 from baselines.budget import base_param_count, target_layer_shapes
-from experiments.config import ExperimentConfig
 from experiments.dreambooth.models import SDXL, sdxl_meta_unet
+from experiments.harness.config import ExperimentConfig
 
 FROZEN_PARAMS = 123_060_480 + 694_659_840 + 83_653_863  # CLIP ViT-L text, OpenCLIP bigG text (+proj), VAE
 ASSUMPTIONS = {

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from experiments.config import ExperimentConfig, check_positive
 from experiments.dreambooth import data as db
 from experiments.dreambooth import metrics as mx
 from experiments.dreambooth.generation import generate, save_grid, unet_of
@@ -41,8 +40,10 @@ from experiments.dreambooth.models import (
     is_tiny,
     tiny_tokenizer,
 )
-from experiments.registry import Family, Metric, register_family
-from experiments.results import REPO_ROOT, file_sha256
+from experiments.harness.config import ExperimentConfig, check_positive
+from experiments.harness.datadir import resolve_data_dir
+from experiments.harness.records import REPO_ROOT, file_sha256
+from experiments.harness.registry import Family, Metric, register_family
 
 # Unrelated prompts for drift: scenes without the subject's class, the same for every subject.
 DRIFT_PROMPTS = (
@@ -86,10 +87,7 @@ class DreamBoothEval:
 
 
 def _resolve(path: str | None) -> Path:
-    if path is None:
-        return db.default_data_dir()
-    p = Path(path)
-    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+    return resolve_data_dir(path, db.default_data_dir)
 
 
 def _fill(template: str, token: str | None, cls: str) -> str:
@@ -178,7 +176,7 @@ class DreamBoothRun(Family):
         next to each other under their experiment's name -> grids/<subject>_seed<S>_lr<LR>.png. A run of a
         model with random weights is labelled so (a check of the code: its pictures show nothing)."""
         from experiments.dreambooth.generation import side_by_side
-        from experiments.results import lr_tag
+        from experiments.harness.records import lr_tag
 
         groups: dict[tuple[str, int, str], dict[str, Path]] = {}
         for rec in sorted(records, key=lambda r: (r.get("task") or "", r["seed"], r["lr"], r["experiment"])):
@@ -406,7 +404,7 @@ class DreamBoothRun(Family):
             "clip_t": mx.paired_cosine(clip_img, clip.embed_texts(texts)),
         }
 
-    def real_image_reference(self, device: Any) -> dict[str, float]:
+    def real_image_reference(self, device: Any) -> dict[str, float | None]:
         """DreamBooth Table 1's "Real Images" row for this subject: the mean similarity of each real image to the
         others (the ceiling the subject-fidelity metrics can reach with these metric models)."""
         dino, clip = self.encoders(device)
@@ -459,7 +457,7 @@ class DreamBoothRun(Family):
 
     def write_grid(self, images: list[Any], jobs: list[tuple[str, int]]) -> str:
         """rows: prompts, columns: seeds -> <image_dir>/<experiment>/<subject>/seed<S>_lr<LR>.png"""
-        from experiments.results import lr_tag
+        from experiments.harness.records import lr_tag
 
         e = self.cfg.eval
         root = Path(e.image_dir or ".")

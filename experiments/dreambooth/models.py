@@ -162,7 +162,7 @@ def sdxl_meta_unet() -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        return UNet2DConditionModel(**SDXL_UNET_CONFIG)
+        return UNet2DConditionModel(**SDXL_UNET_CONFIG)  # type: ignore[return-value]  # an nn.Module; diffusers' stubs say otherwise
 
 
 @dataclass
@@ -198,7 +198,8 @@ def build_frozen(name: str, *, vae: str | None = None, dtype: torch.dtype = torc
         te2 = _seeded(lambda: CLIPTextModelWithProjection(text), TINY_SEED + 2)
         vae_model = _seeded(lambda: AutoencoderKL(**TINY_VAE), TINY_SEED + 3)
         noise = DDPMScheduler(**TINY_SCHEDULER)
-        parts = Frozen(vae_model, te1, te2, tok, tiny_tokenizer(), noise, dict(noise.config),
+        noise_config = dict(noise.config)  # type: ignore[attr-defined]  # set by diffusers' register_to_config
+        parts = Frozen(vae_model, te1, te2, tok, tiny_tokenizer(), noise, noise_config,
                        EulerDiscreteScheduler.__name__)  # fmt: skip
     else:
         from diffusers import DiffusionPipeline

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.datadir import shared_data_dir
+from experiments.harness.datadir import shared_data_dir
+from experiments.harness.errors import BadDataError, MissingFileError
 
 DATA_ENV_VAR = "LORADASH_GLUE_DIR"
 
 
-class GlueFormatError(ValueError):
+class GlueFormatError(BadDataError):
     """A malformed GLUE file, naming the file, the line and the field."""
 
     def __init__(self, source: str | Path, line: int | str, field: str, problem: str):
@@ -117,7 +118,7 @@ def load_tsv(task: str, path: str | Path) -> list[GlueExample]:
     s = spec(task)
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"GLUE {task}: no file {path}")
+        raise MissingFileError(f"GLUE {task}: no file {path}")
     try:
         text = path.read_text(encoding="utf-8-sig")  # MRPC's header starts with a byte-order mark
     except UnicodeDecodeError as e:

@@ -6,15 +6,15 @@ adapter counts are exact; memory and time are estimates from the stated assumpti
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from baselines import build_method
 from baselines.budget import base_param_count, target_layer_shapes
-from experiments.config import ExperimentConfig
 from experiments.glue.data import spec
+from experiments.harness.config import ExperimentConfig
+from experiments.harness.schedule import total_steps
 
 # config.json values of the paper's encoders, so the plan needs no hub access
 KNOWN_ARCHS: dict[str, dict[str, Any]] = {
@@ -46,7 +46,7 @@ def meta_model(name: str, num_labels: int) -> torch.nn.Module:
     if name not in KNOWN_ARCHS:
         raise ValueError(f"no architecture on record for {name!r} (known: {', '.join(KNOWN_ARCHS)})")
     with torch.device("meta"):
-        return DebertaV2ForSequenceClassification(DebertaV2Config(**KNOWN_ARCHS[name], num_labels=num_labels))
+        return DebertaV2ForSequenceClassification(DebertaV2Config(**KNOWN_ARCHS[name], num_labels=num_labels))  # type: ignore[call-arg]  # a PretrainedConfig kwarg
 
 
 def estimate_run(cfg: ExperimentConfig) -> dict[str, Any] | None:
@@ -60,10 +60,10 @@ def estimate_run(cfg: ExperimentConfig) -> dict[str, Any] | None:
     shapes = target_layer_shapes(model, list(cfg.model.target_modules))
     trainable = type(method).analytic_trainable(shapes, method.rank, total, **method.params)
     n_train = TRAIN_SIZES[d.task] - d.val_examples
-    steps = t.max_steps or (t.epochs or 1) * math.ceil(n_train / t.batch_size)
+    steps = total_steps(cfg, n_train)
     seq = d.max_seq_len * a["padded_fraction_of_max_len"]
     tokens = steps * t.batch_size * seq
-    flops_per_token = (6 if cfg.method.name == "full" else 4) * total
+    flops_per_token = (6 if type(method).trains_base_weights else 4) * total
     evals = steps // t.eval_every + 1
     eval_tokens = evals * d.val_examples * seq + DEV_SIZES[d.task] * seq
     hours = (tokens * flops_per_token + eval_tokens * 2 * total) / (a["sustained_tflops"] * 1e12) / 3600

@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from experiments.commonsense.family import resolve_model
-from experiments.config import ExperimentConfig, check_positive
 from experiments.glue.data import (
     TASKS,
     GlueExample,
@@ -34,8 +32,11 @@ from experiments.glue.data import (
     task_file,
 )
 from experiments.glue.metrics import batch_scores, task_metrics
-from experiments.registry import Family, Metric, register_family, shuffled_loader
-from experiments.results import REPO_ROOT, file_sha256, model_identity
+from experiments.harness.config import ExperimentConfig, check_positive
+from experiments.harness.datadir import resolve_data_dir
+from experiments.harness.loading import resolve_model
+from experiments.harness.records import file_sha256, model_identity
+from experiments.harness.registry import Family, Metric, register_family, shuffled_loader
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,6 @@ class GlueData:
     train_examples: int | None = None  # a fixed subset of the rest of train; None = all
     test_examples: int | None = None  # a fixed subset of dev; None = all (the reported numbers use all)
     split_seed: int = 42
-
-
-def _resolve_dir(data_dir: str | None) -> Path:
-    if data_dir is None:
-        return default_data_dir()
-    p = Path(data_dir)
-    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
 
 
 def _subset(items: list[GlueExample], n: int | None, seed: str) -> list[GlueExample]:
@@ -74,7 +68,7 @@ def load_splits(d: GlueData) -> tuple[list[GlueExample], list[GlueExample], list
             [],
         )
     else:
-        data_dir = _resolve_dir(d.data_dir)
+        data_dir = resolve_data_dir(d.data_dir, default_data_dir)
         files = [task_file(d.task, "train", data_dir), task_file(d.task, "test", data_dir)]
         pool, test = load_tsv(d.task, files[0]), load_tsv(d.task, files[1])
     if len(pool) <= d.val_examples:
@@ -176,7 +170,7 @@ class GlueRun(Family):
     def build_model(self) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
-        from experiments.loading import load_pretrained
+        from experiments.harness.loading import load_pretrained
 
         n = spec(self.task).num_labels
         return load_pretrained(

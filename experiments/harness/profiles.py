@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments.config import (
+from baselines import available_methods
+from experiments.harness.config import (
     ConfigError,
+    ExperimentConfig,
     check_layer,
     family_dir,
     list_experiments,
+    load_experiment,
     read_yaml,
     sections_for,
 )
-from experiments.registry import get_family
+from experiments.harness.registry import get_family
 
 PROFILE_KEYS = {
     "description",
@@ -26,6 +29,7 @@ PROFILE_KEYS = {
     "jobs",
     "tasks",
     "verify",
+    "every_method",
 }
 
 
@@ -57,6 +61,10 @@ class Profile:
     jobs: int = 1
     tasks: dict[str, dict[str, Any]] | None = None
     verify: tuple[str, ...] = ()  # experiments `verify` reruns first (e.g. one LoRA-Dash, one LoRA)
+    # `every_method: true`: every registered method that no listed experiment uses runs too, as an experiment
+    # named after it with the method's defaults (and the profile's method_overrides): experiment -> method. A
+    # new method then joins the smoke profiles without an experiment folder in each family.
+    method_experiments: dict[str, str] = field(default_factory=dict)
 
     @property
     def task_list(self) -> list[str | None]:
@@ -82,6 +90,23 @@ class Profile:
                 )
             return (float(config_lr),)
         return grid  # type: ignore[return-value]
+
+
+def experiment_config(profile: Profile, experiment: str, task: str | None = None) -> ExperimentConfig:
+    """The config of one run of `profile`: the family's defaults <- the profile's overrides <- its overrides for
+    `task` <- the experiment's overrides, with the profile's method overrides. The one place a profile becomes
+    a config (the CLI, sweeps, tables, verify and the analysis all call it)."""
+    method = profile.method_experiments.get(experiment)
+    return load_experiment(
+        profile.family,
+        experiment,
+        inline={"method": {"name": method}} if method is not None else None,
+        profile_overrides=profile.overrides,
+        profile_source=profile.source,
+        method_overrides=profile.method_overrides,
+        task=task,
+        task_overrides=(profile.tasks or {}).get(task) if task is not None else None,
+    )
 
 
 def list_profiles(family: str) -> list[str]:
@@ -114,6 +139,17 @@ def load_profile(family: str, name: str) -> Profile:
     for e in exps:
         if e not in known:
             raise ConfigError(src, "experiments", f"unknown experiment {e!r} (known: {', '.join(known)})")
+    every_method = raw.get("every_method", False)
+    if not isinstance(every_method, bool):
+        raise ConfigError(src, "every_method", "must be true or false")
+    method_experiments = {}
+    if every_method:
+        used = {
+            (read_yaml(family_dir(family) / e / "experiment.yaml") or {}).get("method", {}).get("name")
+            for e in exps
+        }
+        method_experiments = {m: m for m in available_methods() if m not in used and m not in exps}
+        exps = [*exps, *method_experiments]
     seeds = raw.get("seeds", [0])
     tune = raw.get("tune_seeds", seeds[:1])
     for key, v in (("seeds", seeds), ("tune_seeds", tune)):
@@ -171,4 +207,5 @@ def load_profile(family: str, name: str) -> Profile:
         jobs=jobs,
         tasks=tasks,
         verify=tuple(e for e in (raw.get("verify") or []) if e in exps),
+        method_experiments=method_experiments,
     )

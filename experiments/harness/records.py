@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from experiments.harness.errors import CorruptRecordError, UsageError
+
 SCHEMA_VERSION = 2  # 2: family-declared metrics (`test.score`, per-item `items`), config hash, task
 STATUSES = ("complete", "failed", "interrupted")
 REQUIRED_FIELDS = {
@@ -53,7 +55,7 @@ PACKAGES = (
     "scipy",
     "loradash",
 )
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def lr_tag(lr: float) -> str:
@@ -102,8 +104,19 @@ def write_atomic(path: Path, record: dict[str, Any]) -> None:
         raise
 
 
-class CorruptRecordError(ValueError):
-    """A run record that is not valid JSON (a user's or a disk's problem, reported in one line)."""
+def check_results_dir(path: Path, *, must_exist: bool = False) -> None:
+    """The results folder exists or can be created, and takes a file: checked before anything trains (a run's
+    record is written after its training, so an unwritable folder would cost every run of a sweep)."""
+    if must_exist and not path.is_dir():
+        raise UsageError(f"--results-dir {path}: no such folder (no run records there)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"--results-dir {path}: cannot create or write files there ({e.strerror or e})"
+        ) from None
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

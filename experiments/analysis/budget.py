@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from baselines import available_methods, build_method, get_method
 from baselines.budget import base_param_count, matched_ranks, target_layer_shapes
-from experiments.config import load_experiment
+from experiments.harness.config import load_experiment
 
 
 def print_budget(family: str, method: str, rank: int, experiment: str | None) -> None:
-    from experiments.config import list_experiments
-    from experiments.registry import get_family
+    from experiments.harness.config import list_experiments
+    from experiments.harness.registry import get_family
 
     get_method(method)  # an unknown method lists the known ones before anything is built
     known = list_experiments(family)

@@ -31,7 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-EXPERIMENTS_ROOT = Path(__file__).resolve().parent
+from baselines.registry import Registry
+from experiments.harness.errors import UnknownFamilyError
+
+EXPERIMENTS_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,6 @@ class Metric:
 @dataclass(frozen=True)
 class NoEvalConfig:
     """For families whose test scoring has no settings."""
-
-
-class UnknownFamilyError(ValueError):
-    pass
 
 
 class Family(abc.ABC):
@@ -199,19 +198,8 @@ def shuffled_loader(
     )
 
 
-_FAMILIES: dict[str, type[Family]] = {}
-_DISCOVERED = False
-
-
-def register_family(cls: type[Family]) -> type[Family]:
-    """Class decorator: add a family under `cls.name`; a duplicate name or a missing declaration raises."""
-    if not (isinstance(cls, type) and issubclass(cls, Family)):
-        raise TypeError(f"register_family expects a Family subclass, got {cls!r}")
-    name = cls.__dict__.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{cls.__name__} must define a non-empty class attribute `name`")
-    if name in _FAMILIES and _FAMILIES[name] is not cls:
-        raise ValueError(f"family {name!r} is already registered (by {_FAMILIES[name].__qualname__})")
+def _check_family(cls: type[Family]) -> None:
+    name = cls.__dict__["name"]
     for attr in ("protocol_version", "data_config", "metrics", "primary_metric", "validation_metrics"):
         if not hasattr(cls, attr):
             raise ValueError(f"family {name}: missing class attribute {attr!r}")
@@ -219,30 +207,24 @@ def register_family(cls: type[Family]) -> type[Family]:
         raise ValueError(f"family {name}: primary_metric {cls.primary_metric!r} is not in its metrics")
     if cls.paper_metric is not None and cls.paper_metric not in cls.metrics:
         raise ValueError(f"family {name}: paper_metric {cls.paper_metric!r} is not in its metrics")
-    _FAMILIES[name] = cls
-    return cls
 
 
 def _discover() -> None:
     """Import `experiments/<family>/family.py` of every folder that has one and a defaults.yaml."""
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
     for d in sorted(EXPERIMENTS_ROOT.iterdir()):
         if (d / "family.py").is_file() and (d / "defaults.yaml").is_file():
             importlib.import_module(f"experiments.{d.name}.family")
-    _DISCOVERED = True
+
+
+FAMILIES: Registry[type[Family]] = Registry(
+    "experiment family", Family, unknown=UnknownFamilyError, discover=_discover, check=_check_family
+)
+register_family = FAMILIES.register
 
 
 def available_families() -> list[str]:
-    _discover()
-    return sorted(_FAMILIES)
+    return FAMILIES.names()
 
 
 def get_family(name: str) -> type[Family]:
-    _discover()
-    if name not in _FAMILIES:
-        raise UnknownFamilyError(
-            f"unknown experiment family {name!r} (known: {', '.join(available_families())})"
-        )
-    return _FAMILIES[name]
+    return FAMILIES.get(name)

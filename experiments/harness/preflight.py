@@ -12,7 +12,6 @@ reports in one line (a `ConfigError` naming the file that set the value, or the 
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
@@ -20,9 +19,11 @@ from typing import Any
 
 import torch
 
-from experiments.config import ConfigError, ExperimentConfig
-from experiments.loading import stack_versions
-from experiments.registry import Family, get_family
+from experiments.harness.config import ConfigError, ExperimentConfig
+from experiments.harness.errors import IncompatiblePackagesError
+from experiments.harness.loading import stack_versions
+from experiments.harness.registry import Family, get_family
+from experiments.harness.schedule import total_steps
 
 
 @contextlib.contextmanager
@@ -71,15 +72,6 @@ def check_data(cfg: ExperimentConfig) -> None:
         raise ConfigError(_experiment_file(cfg), "data", str(e)) from e
 
 
-def total_steps(cfg: ExperimentConfig, num_train: int | None) -> int:
-    """Optimizer steps of the run (the loop's rule)."""
-    t = cfg.train
-    if t.max_steps is not None:
-        return t.max_steps
-    assert num_train is not None
-    return (t.epochs or 0) * math.ceil(num_train / t.batch_size)
-
-
 def _instance(cfg: ExperimentConfig) -> Family:
     """One run of the family without its model (data and tokenizer only)."""
     try:
@@ -117,10 +109,6 @@ def meta_model(run: Family) -> torch.nn.Module:
             f"file (its config reads): {type(e).__name__}: {e} [raised in {_raised_in(e)}; {stack_versions()}]. "
             "`make setup` installs the versions the suite passed with (requirements.lock)"
         ) from e
-
-
-class IncompatiblePackagesError(RuntimeError):
-    """A failure inside a dependency while building a model whose files read: not the user's mistake."""
 
 
 def _config_unreadable(run: Family) -> Exception | None:

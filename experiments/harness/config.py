@@ -16,17 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no types
 
-EXPERIMENTS_ROOT = Path(__file__).resolve().parent
+from experiments.harness.errors import ConfigError, MissingFileError
 
-
-class ConfigError(ValueError):
-    """A config problem, naming the file and the key."""
-
-    def __init__(self, source: str | Path, key: str, problem: str):
-        super().__init__(f"{source}: {key}: {problem}")
-        self.source, self.key, self.problem = str(source), key, problem
+EXPERIMENTS_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -62,7 +56,7 @@ class TrainConfig:
     selection_metric: str = "val_loss"  # one of the family's validation metrics (direction from the family)
     num_threads: int | None = None  # torch CPU threads; None = torch's default
     # save the run's state every this many optimizer steps to `<record>.ckpt/` and resume from it after a kill
-    # (experiments/checkpoint.py); None: off. How a run executes, not what it computes: not in the config hash.
+    # (experiments/harness/checkpoint.py); None: off. How a run executes, not what it computes: not in the config hash.
     checkpoint_every: int | None = None
 
 
@@ -128,7 +122,7 @@ def config_hash(cfg: ExperimentConfig, resolved_method_params: dict[str, Any] | 
 
 
 def sections_for(family: str) -> dict[str, type]:
-    from experiments.registry import get_family
+    from experiments.harness.registry import get_family
 
     fam = get_family(family)
     return {"model": ModelConfig, "data": fam.data_config, "train": TrainConfig, "eval": fam.eval_config}
@@ -212,7 +206,7 @@ def check_positive(
 def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
     """Checks of values (not types) on the merged config; errors name the file that set the key."""
     from baselines import get_method
-    from experiments.registry import get_family
+    from experiments.harness.registry import get_family
 
     t = cfg.train
     fam = get_family(cfg.family)
@@ -256,7 +250,7 @@ def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
 
 def read_yaml(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise MissingFileError(f"config file not found: {path}")
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -266,7 +260,7 @@ def read_yaml(path: Path) -> Any:
 
 
 def family_dir(family: str) -> Path:
-    from experiments.registry import get_family
+    from experiments.harness.registry import get_family
 
     get_family(family)  # an unknown family lists the known ones
     return EXPERIMENTS_ROOT / family
@@ -279,10 +273,11 @@ def list_experiments(family: str) -> list[str]:
 def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any] | None = None,
                     profile_source: str = "<profile>",
                     method_overrides: dict[str, dict[str, Any]] | None = None,
-                    task: str | None = None, task_overrides: dict[str, Any] | None = None
-                    ) -> ExperimentConfig:  # fmt: skip
+                    task: str | None = None, task_overrides: dict[str, Any] | None = None,
+                    inline: dict[str, Any] | None = None) -> ExperimentConfig:  # fmt: skip
     """defaults.yaml <- profile overrides <- the profile's overrides for `task` <- the experiment's overrides,
-    validated. `task` (one-task-per-run families) sets `data.task`."""
+    validated. `task` (one-task-per-run families) sets `data.task`. `inline`: the experiment itself (`method`,
+    optional `overrides`) when it has no folder (a profile's `every_method`)."""
     fdir = family_dir(family)
     sections = sections_for(family)
     defaults_path = fdir / "defaults.yaml"
@@ -292,11 +287,13 @@ def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any]
     task_source = f"{profile_source}.tasks.{task}"
     check_layer(task_overrides, task_source, sections)
     exp_path = fdir / name / "experiment.yaml"
-    if not exp_path.is_file():
+    if inline is not None:
+        exp_path = Path(f"{profile_source}.every_method.{name}")
+    elif not exp_path.is_file():
         raise ConfigError(
             fdir, "experiment", f"unknown experiment {name!r} (known: {', '.join(list_experiments(family))})"
         )
-    exp = read_yaml(exp_path) or {}
+    exp = inline if inline is not None else (read_yaml(exp_path) or {})
     if not isinstance(exp, dict):
         raise ConfigError(exp_path, "<root>", "must be a mapping with 'method' and optional 'overrides'")
     unknown = set(exp) - {"method", "overrides", "description"}

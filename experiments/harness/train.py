@@ -9,7 +9,6 @@ code on many GPUs.
 
 from __future__ import annotations
 
-import math
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -21,10 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from baselines import build_method
-from experiments import checkpoint as ckpt
-from experiments.config import ExperimentConfig, config_hash, with_overrides
-from experiments.registry import get_family
-from experiments.results import (
+from experiments.harness import checkpoint as ckpt
+from experiments.harness.config import ExperimentConfig, config_hash, with_overrides
+from experiments.harness.errors import DivergedError
+from experiments.harness.records import (
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
     peak_memory_mib,
@@ -33,6 +32,8 @@ from experiments.results import (
     validate_record,
     write_atomic,
 )
+from experiments.harness.registry import get_family
+from experiments.harness.schedule import lr_scheduler, total_steps
 
 
 def _cycle(loader: Any) -> Iterator[Any]:
@@ -64,11 +65,10 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Train one run and return the record fields of a complete run. With `checkpoint` (a folder) and
     `train.checkpoint_every`, the run's state is saved there every that many optimizer steps, and a run that
-    finds a checkpoint of its own config there resumes from it (experiments/checkpoint.py)."""
+    finds a checkpoint of its own config there resumes from it (experiments/harness/checkpoint.py)."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import send_to_device, set_seed
-    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
     t = cfg.train
     if t.num_threads:
@@ -85,9 +85,8 @@ def train_and_evaluate(
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     family = get_family(cfg.family)(cfg, seed=seed)
-    max_steps = t.max_steps or (t.epochs or 0) * math.ceil(family.num_train / t.batch_size)
+    max_steps = total_steps(cfg, family.num_train)
     method = build_method(cfg.method.name, **cfg.method.params)
-    warmup = round(t.warmup_ratio * max_steps) if t.warmup_ratio is not None else t.warmup_steps
     base = family.build_model()
     if cfg.model.gradient_checkpointing:
         family.enable_gradient_checkpointing(base)
@@ -99,10 +98,7 @@ def train_and_evaluate(
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [g for g in method.param_groups(model, t.lr) if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
-    if t.schedule == "linear":
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, max_steps)
-    else:
-        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    scheduler = lr_scheduler(optimizer, cfg, max_steps)
     micro_batch = t.batch_size // t.grad_accum
     if micro_batch % accelerator.num_processes:
         raise ValueError(
@@ -141,7 +137,7 @@ def train_and_evaluate(
         with accelerator.accumulate(model):
             loss = family.loss(model, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step}")
+                raise DivergedError(f"non-finite training loss {loss.item()} at step {step}")
             accelerator.backward(loss)
             if accelerator.sync_gradients and t.max_grad_norm:
                 accelerator.clip_grad_norm_(params, t.max_grad_norm)

@@ -5,7 +5,7 @@ From the LoRA-Dash run records (always):
 - where the chosen directions sit in the singular spectrum of W (the paper: at small but not the smallest sigma);
 - |lambda| against sigma of the chosen directions at the end of training;
 - stability of the choice across seeds (Jaccard overlap of the index sets, against chance).
-With `train=True`, a short real probe (`experiments.tsd_probe`): do the s directions chosen after t LoRA steps
+With `train=True`, a short real probe (`experiments.analysis.tsd_probe`): do the s directions chosen after t LoRA steps
 match the directions a full fine-tuning update changes most, by t and by rank?
 
 Writes `results/<profile>/<family>/analysis/`: analysis.md, analysis.json, positions.png, lambda_sigma.png (when a
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from experiments import analysis_report as report
-from experiments.analysis_report import BINS, EDGE
-from experiments.config import ExperimentConfig, MethodConfig, _build, load_experiment, sections_for
-from experiments.profiles import load_profile
-from experiments.results import iter_records, read_record
-from experiments.tsd_probe import ProbeResult, ProbeSettings, run_probe
+from experiments.analysis import tsd_report as report
+from experiments.analysis.tsd_probe import ProbeResult, ProbeSettings, run_probe
+from experiments.analysis.tsd_report import BINS, EDGE
+from experiments.harness.config import ExperimentConfig, MethodConfig, _build, load_experiment, sections_for
+from experiments.harness.profiles import experiment_config, load_profile
+from experiments.harness.records import iter_records, read_record
 
 DASH_METHOD = "loradash"  # the records this analysis reads
 
@@ -82,7 +82,7 @@ _DIMS_CACHE: dict[Any, dict[str, int]] = {}
 
 def model_layer_dims(cfg: ExperimentConfig) -> dict[str, int]:
     """min(out, in) of every 2-D weight of the config's model, by module name (built once per model config)."""
-    from experiments.registry import get_family
+    from experiments.harness.registry import get_family
 
     if cfg.model not in _DIMS_CACHE:
         model = get_family(cfg.family)(cfg).build_model()
@@ -304,9 +304,7 @@ def probe_config(family: str, profile: str, experiment: str | None, task: str | 
         else:
             experiment = p.experiments[0]
     task = task if task is not None else p.task_list[0]
-    return load_experiment(family, experiment, profile_overrides=p.overrides, profile_source=p.source,
-                           method_overrides=p.method_overrides, task=task,
-                           task_overrides=(p.tasks or {}).get(task) if task is not None else None)  # fmt: skip
+    return experiment_config(p, experiment, task)
 
 
 def probe_record(cfg: ExperimentConfig, settings: ProbeSettings, probe: ProbeResult,

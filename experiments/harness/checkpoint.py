@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from experiments.results import write_atomic
+from experiments.harness.records import write_atomic
 
 FORMAT = 1
 META = "checkpoint.json"

@@ -1,4 +1,4 @@
-"""The TSD analysis's report (experiments/analysis.py): analysis.md's sections and the plots (matplotlib Agg, PNGs
+"""The TSD analysis's report (experiments/analysis/tsd.py): analysis.md's sections and the plots (matplotlib Agg, PNGs
 without version or time stamps), from the numbers analysis.json holds, so the same numbers give the same bytes."""
 
 from __future__ import annotations

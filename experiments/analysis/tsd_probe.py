@@ -17,7 +17,6 @@ constant decay, clipping, weight decay, accumulation), AdamW; LoRA's schedule sp
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +27,10 @@ from torch import nn
 
 import loradash
 from baselines import build_method
-from experiments.config import ExperimentConfig
-from experiments.registry import Family, get_family
+from experiments.harness.config import ExperimentConfig
+from experiments.harness.errors import DivergedError
+from experiments.harness.registry import Family, get_family
+from experiments.harness.schedule import lr_scheduler, total_steps
 
 _PEFT_PREFIX = "base_model.model."
 
@@ -125,12 +126,6 @@ def _seed(seed: int) -> None:
     set_seed(seed)
 
 
-def schedule_horizon(cfg: ExperimentConfig, family: Family) -> int:
-    """Optimizer steps of a whole run of `cfg` (as the training loop counts them)."""
-    t = cfg.train
-    return t.max_steps or (t.epochs or 0) * math.ceil(family.num_train / t.batch_size)
-
-
 def train_steps(
     model: nn.Module,
     family: Family,
@@ -145,16 +140,10 @@ def train_steps(
     on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
     """`steps` AdamW steps under the config's schedule spanning `horizon` steps; the loss of every step."""
-    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
-
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay)
-    warmup = round(t.warmup_ratio * horizon) if t.warmup_ratio is not None else t.warmup_steps
-    if t.schedule == "linear":
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, horizon)
-    else:
-        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    scheduler = lr_scheduler(optimizer, cfg, horizon)
     batches = _cycle(family.train_loader(seed, max(1, batch_size // t.grad_accum)))
     losses = []
     model.train()
@@ -163,7 +152,7 @@ def train_steps(
         for _ in range(t.grad_accum):
             loss = family.loss(model, _to(next(batches), device)) / t.grad_accum
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step}")
+                raise DivergedError(f"non-finite training loss {loss.item()} at step {step}")
             loss.backward()
             total += float(loss.detach())
         if t.max_grad_norm:
@@ -214,7 +203,7 @@ def run_probe(
     # LoRA-Dash's pre-launch phase is plain LoRA with the experiment's dropout; alpha = 2r at every rank (the
     # LoRA baseline's default, the paper's setting).
     dropout = float(resolved.get("lora_dropout", 0.0))
-    horizon = max(schedule_horizon(cfg, family), settings.snapshots[-1])
+    horizon = max(total_steps(cfg, family.num_train), settings.snapshots[-1])
 
     svd: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     w0: dict[str, torch.Tensor] = {}

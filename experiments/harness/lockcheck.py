@@ -1,6 +1,6 @@
 """The package versions of requirements.lock, and which installed packages or run records differ from them.
 
-`python -m experiments.lockcheck [LOCK]` prints the installed packages whose versions differ from the lock (what
+`python -m experiments.harness.lockcheck [LOCK]` prints the installed packages whose versions differ from the lock (what
 `make test-latest` tests beyond it); `tables` labels the records made with other versions (`off_lock`).
 Versions compare as releases: a local build label (`2.13.0+cpu`, `2.13.0+cu128`) is the same release.
 """
@@ -14,7 +14,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
+LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from experiments import stats
-from experiments.config import load_experiment
-from experiments.profiles import load_profile
-from experiments.registry import get_family
-from experiments.results import iter_records, read_record
+from experiments.harness.errors import MissingFileError
+from experiments.harness.profiles import experiment_config, load_profile
+from experiments.harness.records import iter_records, read_record
+from experiments.harness.registry import get_family
+from experiments.report import stats
 
 
 def pick_sample(records: list[dict], experiments: list[str], n: int) -> list[dict]:
@@ -59,20 +59,18 @@ def compare(old: dict[str, Any], new: dict[str, Any], family: str) -> dict[str, 
 
 def verify(family: str, profile_name: str, results_dir: Path, scratch: Path, *, n: int = 2,
            experiments: list[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    from experiments.train import run
+    from experiments.harness.train import run
 
     profile = load_profile(family, profile_name)
     records = [r for p in iter_records(results_dir / profile.name / family) if (r := read_record(p))
                and r.get("status") == "complete"]  # fmt: skip
     if not records:
-        raise FileNotFoundError(f"no complete records under {results_dir / profile.name / family}")
+        raise MissingFileError(f"no complete records under {results_dir / profile.name / family}")
     sample = pick_sample(records, experiments or list(profile.verify), n)
     out = []
     for old in sample:
         task = old.get("task")
-        cfg = load_experiment(family, old["experiment"], profile_overrides=profile.overrides,
-                              profile_source=profile.source, method_overrides=profile.method_overrides, task=task,
-                              task_overrides=(profile.tasks or {}).get(task) if task else None)  # fmt: skip
+        cfg = experiment_config(profile, old["experiment"], task)
         new = run(
             cfg, seed=old["seed"], lr=old["lr"], profile=profile.name, results_dir=scratch, progress=progress
         )

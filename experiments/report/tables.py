@@ -1,7 +1,7 @@
 """Tables, plots, the dated run log and the verdicts, from run records only (`make tables`).
 
 Scores are the family's primary metric per task (100 x), averaged over tasks without weights, as the paper's
-"avg" columns. Intervals carry seed and test-item noise (experiments/stats.py). The verdicts test the claims
+"avg" columns. Intervals carry seed and test-item noise (experiments/report/stats.py). The verdicts test the claims
 declared in the family's `claims.yaml` (the only place that names the experiments a claim compares):
 
 - superiority (treatment beats reference): supported if the interval of (treatment - reference) lies above 0,
@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from experiments import stats
-from experiments.config import family_dir, read_yaml
-from experiments.lockcheck import off_lock
-from experiments.profiles import Profile, load_profile
-from experiments.registry import Family, get_family
-from experiments.results import iter_records, read_record
-from experiments.sweep import Key, choose_lr, key_label, load_configs
+from experiments.harness.config import family_dir, read_yaml
+from experiments.harness.lockcheck import off_lock
+from experiments.harness.plan import Key, choose_lr, key_label, load_configs
+from experiments.harness.profiles import Profile, load_profile
+from experiments.harness.records import iter_records, read_record
+from experiments.harness.registry import Family, get_family
+from experiments.report import stats
 
 LEVEL = 0.95
 CLAIM_KINDS = ("superiority", "non-inferiority")
@@ -69,7 +69,7 @@ def load_runs(
     for (name, task), choice in chosen.items():
         if choice is None:
             continue
-        from experiments.sweep import planned_hash
+        from experiments.harness.plan import planned_hash
 
         want = planned_hash(configs[(name, task)], choice["lr"])
         recs = [r for r in findings if r["experiment"] == name and r.get("task") == task and r.get("status") == "complete"

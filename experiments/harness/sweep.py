@@ -1,0 +1,241 @@
+"""Sweeps: run what the plan (`plan.py`) says is missing or stale, in this process, in subprocesses or as SLURM
+jobs; then choose each rate and run the other seeds. Resumable: a killed sweep resumes where it stopped and a
+complete, current run is never repeated. A stale record (its config has changed since) is kept beside the new
+one as `<name>.json.stale-<hash>`, never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from experiments.harness.config import ExperimentConfig
+from experiments.harness.errors import UsageError
+from experiments.harness.plan import (
+    Key,
+    PlannedRun,
+    final_plan,
+    key_label,
+    load_configs,
+    selected_lr_path,
+    tune_plan,
+)
+from experiments.harness.preflight import preflight
+from experiments.harness.profiles import Profile, experiment_config, load_profile
+from experiments.harness.records import check_results_dir, iter_records, read_record, run_path, write_atomic
+from experiments.harness.registry import get_family
+
+Executor = Callable[[PlannedRun], None]
+
+
+def _in_process(
+    profile: Profile, configs: dict[Key, ExperimentConfig], results_dir: Path, progress: bool
+) -> Executor:
+    from experiments.harness.train import run
+
+    def execute(r: PlannedRun) -> None:
+        run(
+            configs[(r.experiment, r.task)],
+            seed=r.seed,
+            lr=r.lr,
+            profile=profile.name,
+            results_dir=results_dir,
+            progress=progress,
+        )
+
+    return execute
+
+
+def _subprocess(profile: Profile, results_dir: Path) -> Executor:
+    def execute(r: PlannedRun) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "experiments",
+            "run",
+            "--family",
+            profile.family,
+            "--profile",
+            profile.name,
+            "--experiment",
+            r.experiment,
+            "--seed",
+            str(r.seed),
+            "--lr",
+            repr(r.lr),
+            "--results-dir",
+            str(results_dir),
+            "--no-progress",
+        ]
+        if r.task is not None:
+            cmd += ["--task", r.task]
+        subprocess.run(cmd, check=True)
+
+    return execute
+
+
+def check_task(family: str, task: str | None, profile: Profile) -> None:
+    """`task` is one of the profile's for a one-task-per-run family, and absent for the others."""
+    if get_family(family).one_task_per_run:
+        if task is None:
+            raise UsageError(
+                f"{family} runs one task per run: pass --task (one of: {', '.join(map(str, profile.task_list))})"
+            )
+        if task not in profile.task_list:
+            raise UsageError(
+                f"task {task!r} is not in profile {profile.name} (known: {', '.join(map(str, profile.task_list))})"
+            )
+    elif task is not None:
+        raise UsageError(f"{family} scores every task in each run; it takes no --task")
+
+
+def run_one(
+    *,
+    family: str,
+    profile: str,
+    experiment: str,
+    seed: int,
+    lr: float,
+    results_dir: Path,
+    task: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any] | None]:
+    """One (experiment, task, seed, lr) of a profile, checked before it trains: what `python -m experiments run`
+    and each SLURM job do. Returns the record's path and the new record (None: complete already, not forced)."""
+    from experiments.harness.train import run
+
+    prof = load_profile(family, profile)
+    check_task(family, task, prof)
+    check_results_dir(results_dir)
+    cfg = experiment_config(prof, experiment, task)
+    preflight([cfg])  # method, data, model and schedule, before anything trains
+    path = run_path(results_dir, prof.name, family, experiment, seed, lr, task)
+    existing = read_record(path)
+    if existing and existing.get("status") == "complete" and not force:
+        return path, None
+    return path, run(cfg, seed=seed, lr=lr, profile=prof.name, results_dir=results_dir, progress=progress)
+
+
+def _job(request: tuple[tuple[str, Any], ...]) -> None:
+    """One run in a cluster job (module level, so that submitit can pickle it by reference); a failure raises
+    in the job, and its record says why."""
+    run_one(**dict(request))
+
+
+def _slurm(
+    profile: Profile, configs: dict[Key, ExperimentConfig], results_dir: Path, cluster: str | None
+) -> Executor:
+    """One SLURM job per run through submitit: GPUs, memory and time from the family's estimate for the run
+    (`list --estimate`; CPU-sized runs ask for no GPU), logs in `<results>/<profile>/<family>/slurm/`. The job
+    calls `run_one`, as `python -m experiments run` does, so it writes its record (or a failed one) in the shared results folder.
+    `cluster`: submitit's name ("slurm" by default on a cluster; "local" or "debug" in tests)."""
+    try:
+        import submitit
+    except ImportError:
+        raise UsageError("--executor slurm needs submitit: pip install 'loradash[bench]'") from None
+    fam = get_family(profile.family)
+
+    def execute(r: PlannedRun) -> None:
+        est = fam.estimate(configs[(r.experiment, r.task)]) or {}
+        hours = float(est.get("gpu_hours") or 1.0)
+        executor = submitit.AutoExecutor(
+            folder=results_dir / profile.name / profile.family / "slurm", cluster=cluster
+        )
+        executor.update_parameters(
+            name=f"{profile.family}-{key_label((r.experiment, r.task))}-s{r.seed}",
+            timeout_min=max(10, round(hours * 60 * 1.5)),  # the estimate is rough: half again as much
+            gpus_per_node=1 if est else 0,
+            mem_gb=max(16, round(float(est.get("memory_gb") or 0) * 1.5)),
+            cpus_per_task=8 if est else 2,
+        )
+        request = (
+            ("family", profile.family),
+            ("profile", profile.name),
+            ("experiment", r.experiment),
+            ("task", r.task),
+            ("seed", r.seed),
+            ("lr", r.lr),
+            ("results_dir", results_dir),
+            ("progress", False),
+        )
+        executor.submit(_job, request).result()  # waits; a failed job raises (its record says why)
+
+    return execute
+
+
+def execute_runs(
+    runs: list[PlannedRun], executor: Executor, jobs: int, log: Callable[[str], None]
+) -> dict[str, int]:
+    """Run every run that is not complete and current; failures are recorded in their files and do not stop
+    the sweep."""
+    todo = [r for r in runs if r.status() != "complete"]
+    counts = {"skipped": len(runs) - len(todo), "complete": 0, "failed": 0}
+
+    def one(r: PlannedRun) -> None:
+        label = key_label((r.experiment, r.task))
+        moved = r.set_aside_stale()
+        if moved:
+            log(f"stale record kept as {moved.name}")
+        log(f"run {label} seed={r.seed} lr={r.lr:g} ({r.stage})")
+        try:
+            executor(r)
+        except Exception as e:  # recorded in the run's file by the runner (CalledProcessError included)
+            log(f"  FAILED {label} seed={r.seed} lr={r.lr:g}: {e}")
+        counts["complete" if r.status() == "complete" else "failed"] += 1
+
+    if jobs <= 1:
+        for r in todo:
+            one(r)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, todo))
+    return counts
+
+
+def sweep(
+    family: str,
+    profile_name: str,
+    results_dir: str | Path,
+    *,
+    jobs: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    executor: str = "local",
+    cluster: str | None = None,
+) -> dict[str, Any]:
+    """Tune (grid x tune seeds), choose each rate on validation, then run the other seeds. `executor`: "local"
+    (this process, or `jobs` subprocesses) or "slurm" (one cluster job per run through submitit, every missing
+    run of a stage submitted at once; `cluster` is submitit's cluster name)."""
+    if executor not in ("local", "slurm"):
+        raise UsageError(f"unknown executor {executor!r} (known: local, slurm)")
+    results_dir = Path(results_dir)
+    profile = load_profile(family, profile_name)
+    configs = load_configs(profile)
+    preflight(configs.values())  # methods, data, model and schedule are checked before any run starts
+    for path in iter_records(results_dir / profile.name / family):
+        read_record(path)  # a corrupt record stops the sweep now, not after the runs before it in the plan
+    jobs = profile.jobs if jobs is None else jobs
+    if executor == "slurm":
+        execute = _slurm(profile, configs, results_dir, cluster)
+        # the cluster queues them: every missing run of a stage is submitted at once; submitit's "debug" cluster
+        # runs each job in this process, where runs in parallel threads would share torch's global state
+        jobs = 1 if cluster == "debug" else 256
+    elif jobs <= 1:
+        execute = _in_process(profile, configs, results_dir, progress)
+    else:
+        execute = _subprocess(profile, results_dir)
+    summary = {"tune": execute_runs(tune_plan(profile, configs, results_dir), execute, jobs, log)}
+    final, chosen = final_plan(profile, configs, results_dir)
+    write_atomic(
+        selected_lr_path(results_dir, profile),
+        {"profile": profile.name, "selected": {key_label(k): v for k, v in chosen.items()}},
+    )
+    summary["final"] = execute_runs(final, execute, jobs, log)
+    log(f"sweep {family}/{profile_name}: {json.dumps(summary)}")
+    return summary
