@@ -74,13 +74,13 @@ test-slow: setup
 	$(BIN)/pytest -q -m slow
 
 lint: setup
-	$(BIN)/ruff check loradash baselines experiments tests bench
-	$(BIN)/ruff format --check loradash baselines experiments tests bench
+	$(BIN)/ruff check loradash baselines experiments tests bench scripts
+	$(BIN)/ruff format --check loradash baselines experiments tests bench scripts
 	$(BIN)/mypy
 
 format: setup
-	$(BIN)/ruff format loradash baselines experiments tests bench
-	$(BIN)/ruff check --fix loradash baselines experiments tests bench
+	$(BIN)/ruff format loradash baselines experiments tests bench scripts
+	$(BIN)/ruff check --fix loradash baselines experiments tests bench scripts
 
 bench: setup
 	$(BIN)/python bench/bench_loradash.py

@@ -1,4 +1,5 @@
-"""experiments.commonsense.data: LLM-Adapters parsing, answer extraction, hub conversion, real files."""
+"""experiments.commonsense.data: LLM-Adapters parsing, answer extraction, real files; the hub conversion of
+scripts/prepare_commonsense.py."""
 
 from __future__ import annotations
 
@@ -11,23 +12,22 @@ from pathlib import Path
 import pytest
 
 from experiments.commonsense import (
-    HUB_SOURCES,
     LABELS,
     TASKS,
     DataFormatError,
     Example,
-    convert_hub_row,
     default_data_dir,
     detect_task,
     extract_answer,
     load_examples,
-    load_hub_split,
     load_mixed,
     parse_item,
     render_instruction,
     task_file,
 )
 from experiments.commonsense import data as cs
+from scripts import prepare_commonsense as prep
+from scripts.prepare_commonsense import HUB_SOURCES, convert_hub_row, load_hub_split
 
 FIXTURES = Path(__file__).parent / "fixtures" / "commonsense"
 # The workspace's shared data folder, beside the checkout (see /work/shared/data/README.md).
@@ -371,7 +371,11 @@ def test_default_data_dir_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     with pytest.raises(FileNotFoundError) as info:
         default_data_dir()
     message = str(info.value)
-    assert "LORADASH_DATA_DIR" in message and "LLM-Adapters" in message and "load_hub_split" in message
+    assert (
+        "LORADASH_DATA_DIR" in message
+        and "LLM-Adapters" in message
+        and "scripts/prepare_commonsense.py" in message
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -525,7 +529,7 @@ def test_hub_sources() -> None:
     assert HUB_SOURCES["ARC-Easy"] == ("allenai/ai2_arc", "ARC-Easy")
     assert HUB_SOURCES["ARC-Challenge"] == ("allenai/ai2_arc", "ARC-Challenge")
     assert HUB_SOURCES["openbookqa"] == ("allenai/openbookqa", "main")
-    assert cs.HUB_SPLITS["piqa"]["test"] == "validation" and cs.HUB_SPLITS["openbookqa"]["test"] == "test"
+    assert prep.HUB_SPLITS["piqa"]["test"] == "validation" and prep.HUB_SPLITS["openbookqa"]["test"] == "test"
 
 
 def _fake_datasets(monkeypatch: pytest.MonkeyPatch, behaviour) -> list[tuple]:
@@ -570,6 +574,20 @@ def test_load_hub_split_other_errors_propagate(monkeypatch: pytest.MonkeyPatch) 
         load_hub_split("boolq", "test")
     with pytest.raises(ValueError, match="known splits"):
         load_hub_split("boolq", "validation")
+
+
+def test_prepare_script_writes_the_llm_adapters_layout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rows = json.loads((FIXTURES / "hub_rows.json").read_text())["boolq"]
+    _fake_datasets(monkeypatch, lambda n, *a, **k: rows)
+    assert prep.main(["--out", str(tmp_path), "--tasks", "boolq", "--splits", "test"]) == 0
+    assert load_examples("boolq", tmp_path / "boolq" / "test.json") == load_examples(
+        "boolq", task_file("boolq", "test", FIXTURES)
+    )
+    with pytest.raises(SystemExit) as info:
+        prep.main(["--help"])
+    assert info.value.code == 0
 
 
 def test_write_items_round_trip(tmp_path: Path) -> None:

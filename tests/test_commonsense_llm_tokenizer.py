@@ -116,3 +116,26 @@ def test_slow_tokenizer_setting_in_the_hash_only_when_set():
         ConfigError, match="model.slow_tokenizer: family commonsense has no slow-tokenizer option"
     ):
         load_experiment("commonsense", "lora-r1", profile_overrides={"model": {"slow_tokenizer": True}})
+
+
+def test_slow_tokenizer_is_refused_with_the_loglikelihood_protocol():
+    """lm-eval wraps a transformers tokenizer; the sentencepiece one has only the part the generation protocol calls."""
+    over = {"model": {"slow_tokenizer": True}, "eval": {"protocols": ["generation", "loglikelihood"]}}
+    with pytest.raises(ConfigError, match="loglikelihood protocol needs the fast tokenizer"):
+        load_experiment("commonsense_llm", "llama-7b-lora-r4", profile_overrides=over)
+
+
+def test_non_legacy_checkpoint_has_no_dummy_prefix_after_a_special_token(sp_model_dir, tmp_path):
+    """`legacy: false` in tokenizer_config.json (as LLaMA-2 sets it): the text after a special token gets no "▁"."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(sp_model_dir, tmp_path / "non-legacy")
+    config = json.loads((folder / "tokenizer_config.json").read_text()) | {"legacy": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok, legacy = load_tokenizer(folder, slow=True), load_tokenizer(sp_model_dir, slow=True)
+    assert tok.legacy is False
+    ids, old = tok("Hello</s>x")["input_ids"], legacy("Hello</s>x")["input_ids"]
+    assert ids[: ids.index(2)] == old[: old.index(2)] == legacy("Hello")["input_ids"]
+    pieces = [tok.sp_model.id_to_piece(i) for i in (ids[ids.index(2) + 1], old[old.index(2) + 1])]
+    assert not pieces[0].startswith("▁") and pieces[1].startswith("▁")

@@ -12,7 +12,7 @@ Each task has its own fixed template (separators reproduced byte-for-byte, see `
 parser keeps question and choice texts verbatim, so ``render_instruction(task, ex.question,
 ex.choices) == ex.instruction`` for every item of the real files.
 
-Nothing here downloads anything unless ``load_hub_split`` is called explicitly.
+Nothing here downloads anything; ``scripts/prepare_commonsense.py`` builds the files from the hub originals.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from experiments.harness.errors import BadDataError, MissingFileError
 
 __all__ = [
     "DATA_ENV_VAR",
-    "HUB_SOURCES",
-    "HUB_SPLITS",
     "LABELS",
     "MIXED_FILE_NAME",
     "SAME_TEMPLATE_TASKS",
@@ -40,12 +38,10 @@ __all__ = [
     "TASKS",
     "DataFormatError",
     "Example",
-    "convert_hub_row",
     "default_data_dir",
     "detect_task",
     "extract_answer",
     "load_examples",
-    "load_hub_split",
     "load_mixed",
     "mixed_file",
     "parse_item",
@@ -94,14 +90,13 @@ SPLITS: tuple[str, ...] = ("train", "test")
 DATA_ENV_VAR = "LORADASH_DATA_DIR"
 MIXED_FILE_NAME = "commonsense_170k.json"
 _REQUIRED_FIELDS: tuple[str, ...] = ("instruction", "output", "answer")
-_OUTPUT_PREFIX = "the correct answer is "
 _FORMAT_LEAD = "Answer format: "
 
 _WHERE_TO_GET = (
     "Get the LLM-Adapters commonsense data from https://github.com/AGI-Edgerunners/LLM-Adapters "
     "(folder dataset/<task>/{train,test}.json; commonsense_170k.json is in ft-training_set/), or build "
-    "it from the Hugging Face hub originals with experiments.commonsense.data.load_hub_split + "
-    f"write_items. Lay it out as <data_dir>/<task>/<split>.json and set {DATA_ENV_VAR}=<data_dir>."
+    "it from the Hugging Face hub originals with scripts/prepare_commonsense.py --out <data_dir>. "
+    f"Lay it out as <data_dir>/<task>/<split>.json and set {DATA_ENV_VAR}=<data_dir>."
 )
 
 
@@ -494,169 +489,3 @@ def extract_answer(task: str, text: str, *, reference: bool = False) -> str | No
     if match is None:
         return None
     return match.group(0) if reference else match.group(0).lower()
-
-
-# --------------------------------------------------------------------------------------------------
-# Hugging Face hub originals
-
-# task -> (hub dataset id, config).  WinoGrande: winogrande_xl is the 40,398-item training set that
-# commonsense_170k uses; every size shares the same 1,267-item validation set.
-HUB_SOURCES: dict[str, tuple[str, str | None]] = {
-    "boolq": ("google/boolq", None),
-    "piqa": ("ybisk/piqa", None),
-    "social_i_qa": ("allenai/social_i_qa", None),
-    "hellaswag": ("Rowan/hellaswag", None),
-    "winogrande": ("allenai/winogrande", "winogrande_xl"),
-    "ARC-Easy": ("allenai/ai2_arc", "ARC-Easy"),
-    "ARC-Challenge": ("allenai/ai2_arc", "ARC-Challenge"),
-    "openbookqa": ("allenai/openbookqa", "main"),
-}
-
-# LLM-Adapters split -> hub split.  Its "test" sets are the hub validation sets where the hub test
-# labels are hidden (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande), and the labelled test sets otherwise.
-HUB_SPLITS: dict[str, dict[str, str]] = {
-    task: {
-        "train": "train",
-        "test": "test" if task in ("ARC-Easy", "ARC-Challenge", "openbookqa") else "validation",
-    }
-    for task in TASKS
-}
-
-
-def _as_item(task: str, instruction: str, label_index: int) -> dict[str, str]:
-    answer = LABELS[task][label_index]
-    return {"instruction": instruction, "input": "", "output": _OUTPUT_PREFIX + answer, "answer": answer}
-
-
-def _label_index(value: Any, n_choices: int, *, one_based: bool, task: str) -> int:
-    """Hub labels come as ints, digit strings (sometimes with a stray newline, e.g. old SIQA) or ""."""
-    text = str(value).strip()
-    if not text.lstrip("-").isdigit():
-        raise ValueError(f"{task}: hub row has no usable label ({value!r}); unlabelled test split?")
-    index = int(text) - (1 if one_based else 0)
-    if not 0 <= index < n_choices:
-        raise ValueError(f"{task}: hub label {value!r} out of range for {n_choices} choices")
-    return index
-
-
-def _mc_choices(row: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """ARC/OBQA ``choices`` as (texts, labels): the hub's dict of lists, or the original list of dicts."""
-    choices = row["choices"]
-    if isinstance(choices, Mapping):
-        return [str(t) for t in choices["text"]], [str(k).strip() for k in choices["label"]]
-    return [str(c["text"]) for c in choices], [str(c["label"]).strip() for c in choices]
-
-
-def _answer_key_index(key: Any, keys: Sequence[str], task: str) -> int:
-    """ARC keys are letters ("A".."E") or, for some items, digits ("1".."5"); match either form."""
-    text = str(key).strip()
-    if text in keys:
-        return list(keys).index(text)
-    if len(text) == 1 and text.isalpha():
-        index = ord(text.upper()) - ord("A")
-    elif text.isdigit():
-        index = int(text) - 1
-    else:
-        raise ValueError(f"{task}: unusable answerKey {key!r} for choice labels {list(keys)}")
-    if not 0 <= index < len(keys):
-        raise ValueError(f"{task}: answerKey {key!r} out of range for choice labels {list(keys)}")
-    return index
-
-
-def _convert_boolq(row: Mapping[str, Any]) -> dict[str, str]:
-    question = str(row["question"])
-    # Hub questions carry no question mark; every LLM-Adapters BoolQ item ends with one.
-    if not question.endswith("?"):
-        question += "?"
-    answer = row["answer"]
-    if isinstance(answer, str) and answer.strip().lower() in ("true", "false"):
-        answer = answer.strip().lower() == "true"
-    if not isinstance(answer, bool):
-        raise ValueError(f"boolq: hub answer must be a bool, got {answer!r}")
-    return _as_item("boolq", render_instruction("boolq", question), 0 if answer else 1)
-
-
-def _convert_piqa(row: Mapping[str, Any]) -> dict[str, str]:
-    choices = [str(row["sol1"]), str(row["sol2"])]
-    label = _label_index(row["label"], 2, one_based=False, task="piqa")
-    return _as_item("piqa", render_instruction("piqa", str(row["goal"]), choices), label)
-
-
-def _convert_siqa(row: Mapping[str, Any]) -> dict[str, str]:
-    # LLM-Adapters joins SIQA's context and question with one space.
-    question = f"{row['context']} {row['question']}"
-    choices = [str(row["answerA"]), str(row["answerB"]), str(row["answerC"])]
-    label = _label_index(row["label"], 3, one_based=True, task="social_i_qa")
-    return _as_item("social_i_qa", render_instruction("social_i_qa", question, choices), label)
-
-
-def _convert_hellaswag(row: Mapping[str, Any]) -> dict[str, str]:
-    # "<activity_label>: <ctx>" with the raw ctx (= ctx_a + " " + ctx_b), no WikiHow clean-up.
-    question = f"{row['activity_label']}: {row['ctx']}"
-    endings = [str(e) for e in row["endings"]]
-    label = _label_index(row["label"], len(endings), one_based=False, task="hellaswag")
-    return _as_item("hellaswag", render_instruction("hellaswag", question, endings), label)
-
-
-def _convert_winogrande(row: Mapping[str, Any]) -> dict[str, str]:
-    choices = [str(row["option1"]), str(row["option2"])]
-    label = _label_index(row["answer"], 2, one_based=True, task="winogrande")
-    return _as_item("winogrande", render_instruction("winogrande", str(row["sentence"]), choices), label)
-
-
-def _convert_multiple_choice(task: str, row: Mapping[str, Any]) -> dict[str, str]:
-    # ARC has "question"; OpenBookQA has "question_stem".
-    question = str(row["question_stem"] if "question_stem" in row else row["question"])
-    texts, keys = _mc_choices(row)
-    label = _answer_key_index(row["answerKey"], keys, task)
-    return _as_item(task, render_instruction(task, question, texts), label)
-
-
-def convert_hub_row(task: str, row: Mapping[str, Any]) -> dict[str, str]:
-    """Turn one row of the task's hub dataset (``HUB_SOURCES``) into an LLM-Adapters item.
-
-    Column names: BoolQ question/answer(bool); PIQA goal/sol1/sol2/label(0|1); SIQA context/question/
-    answerA..C/label("1".."3"); HellaSwag activity_label/ctx/endings/label("0".."3"); WinoGrande
-    sentence/option1/option2/answer("1"|"2"); ARC question, OBQA question_stem, both with
-    choices{text,label} and answerKey (letter or digit).  Unlabelled rows (hub test splits) raise
-    ``ValueError``.
-    """
-    _check_task(task)
-    try:
-        if task == "boolq":
-            return _convert_boolq(row)
-        if task == "piqa":
-            return _convert_piqa(row)
-        if task == "social_i_qa":
-            return _convert_siqa(row)
-        if task == "hellaswag":
-            return _convert_hellaswag(row)
-        if task == "winogrande":
-            return _convert_winogrande(row)
-        return _convert_multiple_choice(task, row)
-    except KeyError as exc:
-        raise ValueError(f"{task}: hub row lacks column {exc.args[0]!r} (has {sorted(row)})") from exc
-
-
-def load_hub_split(task: str, split: str) -> list[dict[str, str]]:
-    """Download ``task``'s hub original for an LLM-Adapters ``split`` and convert every row.
-
-    Needs network access and the ``datasets`` package (imported here, so nothing else needs it).
-    Several of these repositories (PIQA, SIQA, HellaSwag) are loading-script datasets that recent
-    ``datasets`` releases refuse to run; for those we fall back to the hub's auto-converted Parquet
-    branch, which holds the same rows.
-    """
-    _check_task(task)
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
-    from datasets import load_dataset  # lazy: heavy, and only hub users need it
-
-    name, config = HUB_SOURCES[task]
-    hub_split = HUB_SPLITS[task][split]
-    try:
-        rows = load_dataset(name, config, split=hub_split)
-    except Exception as exc:  # the datasets library raises many exception types here
-        if "script" not in str(exc).lower():
-            raise
-        rows = load_dataset(name, config, split=hub_split, revision="refs/convert/parquet")
-    return [convert_hub_row(task, row) for row in rows]

@@ -117,6 +117,13 @@ class CommonsenseCausalRun(CommonsenseRun):
             problems.append(("eval.batch1_check_items", f"must be >= 0, got {e.batch1_check_items}"))
         if not e.protocols:
             problems.append(("eval.protocols", "must name at least one protocol"))
+        if cfg.model.slow_tokenizer and "loglikelihood" in e.protocols:
+            problems.append(
+                (
+                    "eval.protocols",
+                    "lm-eval's loglikelihood protocol needs the fast tokenizer (model.slow_tokenizer)",
+                )
+            )
         return problems
 
     def __init__(self, cfg: ExperimentConfig, *, seed: int = 0):

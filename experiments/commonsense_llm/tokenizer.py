@@ -2,53 +2,42 @@
 
 The reference (DoRA's / Subspace-Tuning's ``finetune.py`` and ``commonsense_evaluate.py``) loads
 ``LlamaTokenizer.from_pretrained(base_model)`` for LLaMA-1/2 and ``AutoTokenizer`` only when the model name holds
-"Llama-3" (LLaMA-3's tokenizer is a byte-level BPE with no sentencepiece form). In the transformers of its time
-``LlamaTokenizer`` is the slow class: sentencepiece splits the text, transformers adds BOS. ``model.slow_tokenizer``
-selects it; by default a run uses ``AutoTokenizer`` (the fast, ``tokenizers`` form of the same vocabulary).
+"Llama-3". In the transformers it pins (4.36) ``LlamaTokenizer`` is the slow class: sentencepiece splits the text,
+transformers adds BOS. ``model.slow_tokenizer`` selects that encoding; by default a run uses ``AutoTokenizer`` (the
+fast, ``tokenizers`` form of the same vocabulary, which differs after special tokens and on leading spaces).
 
-Transformers 5 removed the slow classes: its ``LlamaTokenizer`` is the fast one and ``AutoTokenizer`` ignores
-``use_fast=False``. On 5.x the slow tokenizer is ``SentencePieceLlamaTokenizer`` below: the slow class of
-transformers 4.36 (the version the reference pins in DoRA's ``requirements.txt``) on transformers' sentencepiece
-backend, with its encoding (sentencepiece's pieces, BOS first, ``legacy`` as the checkpoint's
-``tokenizer_config.json`` sets it, True when unset) and its decoding. Compared once with 4.36 and 4.57 on the
-protocol's prompts, special tokens, leading spaces, byte fallback and 200 random id sequences: the same ids and
-texts (4.57 alone adds a space after a special token that opens a decoded text when the next piece has no "▁").
-On 4.x the library's own slow ``LlamaTokenizer`` is used. Either way the record names the class that ran
+Transformers 5 has no slow class, so ``SentencePieceLlamaTokenizer`` below is that encoding on sentencepiece's
+public ``SentencePieceProcessor``: the text is split at the special tokens' strings, each piece of text is
+sentencepiece's, BOS goes first; ``legacy`` (the checkpoint's ``tokenizer_config.json``, True when unset) False
+drops the dummy prefix after a special token, as 4.36 did. Decoding is 4.36's ``convert_tokens_to_string``. It has
+the part of a transformers tokenizer the family calls (``__call__`` on one text or a list, ``decode``,
+``batch_decode``, the special ids, ``len``), not padding or tensors; lm-eval's loglikelihood protocol needs a
+transformers tokenizer and is refused with it (commonsense_llm/family.py). The record names the class that ran
 (``tokenizer_identity``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-import transformers
-
-__all__ = ["load_tokenizer", "tokenizer_identity"]
+__all__ = ["SentencePieceLlamaTokenizer", "load_tokenizer", "tokenizer_identity"]
 
 SPIECE_UNDERLINE = "▁"
-TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 
 def load_tokenizer(path: str | os.PathLike[str], *, slow: bool = False) -> Any:
     """The tokenizer in the folder (or hub id) `path`: ``AutoTokenizer``'s choice, or with `slow` the reference's
     slow sentencepiece ``LlamaTokenizer`` (needs the folder's ``tokenizer.model``; LLaMA-1/2 only)."""
-    path = os.fspath(path)
     if not slow:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(path)
-    if TRANSFORMERS_MAJOR < 5:
-        from transformers import LlamaTokenizer  # before 5.0: the slow sentencepiece class (the reference's)
-
-        tok = LlamaTokenizer.from_pretrained(path)
-    else:
-        tok = SentencePieceLlamaTokenizer.from_pretrained(path)
-    if tok.is_fast or getattr(tok, "sp_model", None) is None:
-        raise ValueError(
-            f"{path}: the slow tokenizer did not load a sentencepiece model ({type(tok).__name__})"
-        )
-    return tok
+        return AutoTokenizer.from_pretrained(os.fspath(path))
+    return SentencePieceLlamaTokenizer.from_pretrained(path)
 
 
 def tokenizer_identity(tokenizer: Any, *, slow: bool) -> dict[str, Any]:
@@ -66,103 +55,163 @@ def tokenizer_identity(tokenizer: Any, *, slow: bool) -> dict[str, Any]:
     }
 
 
-if TRANSFORMERS_MAJOR >= 5:  # before 5.0 transformers has the slow class itself
-    from transformers.tokenization_utils_base import AddedToken
-    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+def _token_text(value: Any) -> str | None:
+    # tokenizer_config.json writes a special token as a string or as an AddedToken dict
+    return value.get("content") if isinstance(value, dict) else value
 
-    class SentencePieceLlamaTokenizer(SentencePieceBackend):
-        """transformers 4.36's slow ``LlamaTokenizer`` on the 5.x sentencepiece backend: its ``tokenize``, BOS/EOS,
-        ``legacy`` and ``convert_tokens_to_string`` (the backend has its ``_tokenize``)."""
 
-        vocab_files_names = {"vocab_file": "tokenizer.model"}
+class SentencePieceLlamaTokenizer:
+    """transformers 4.36's slow ``LlamaTokenizer`` (encoding and decoding) on sentencepiece's processor."""
 
-        def __init__(
-            self,
-            vocab_file: str,
-            unk_token: str | AddedToken = "<unk>",
-            bos_token: str | AddedToken = "<s>",
-            eos_token: str | AddedToken = "</s>",
-            pad_token: str | AddedToken | None = None,
-            add_bos_token: bool = True,
-            add_eos_token: bool = False,
-            clean_up_tokenization_spaces: bool = False,
-            legacy: bool | None = None,
-            **kwargs: Any,
-        ) -> None:
-            def special(tok: Any) -> Any:
-                return AddedToken(tok, normalized=False, special=True) if isinstance(tok, str) else tok
+    is_fast = False
 
-            # An unset `legacy` is the legacy behaviour (checkpoints saved before the flag existed omit it).
-            self.legacy = True if legacy is None else legacy
-            self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
-            # 4.36 always adds the prefix space (later versions made it a setting that LLaMA-1/2 leave on)
-            for key in ("from_slow", "add_prefix_space"):
-                kwargs.pop(key, None)
-            super().__init__(
-                vocab_file=vocab_file,
-                unk_token=special(unk_token),
-                bos_token=special(bos_token),
-                eos_token=special(eos_token),
-                pad_token=special(pad_token),
-                add_bos_token=add_bos_token,
-                add_eos_token=add_eos_token,
-                clean_up_tokenization_spaces=clean_up_tokenization_spaces,
-                legacy=self.legacy,  # the backend drops sentencepiece's dummy prefix when False, as 4.36 did
-                **kwargs,
-            )
+    def __init__(
+        self,
+        model_file: str | os.PathLike[str],
+        *,
+        bos_token: str = "<s>",
+        eos_token: str = "</s>",
+        unk_token: str = "<unk>",
+        pad_token: str | None = None,
+        add_bos_token: bool = True,
+        add_eos_token: bool = False,
+        legacy: bool | None = None,
+    ) -> None:
+        import sentencepiece as spm
 
-        def tokenize(self, text: str, **kwargs: Any) -> list[str]:
-            # without `legacy`: a prefix "▁" (the dummy prefix), dropped when the first token is special
-            if self.legacy or len(text) == 0:
-                return super().tokenize(text, **kwargs)
-            tokens = super().tokenize(SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " "), **kwargs)
-            if len(tokens) > 1 and tokens[0] == SPIECE_UNDERLINE and tokens[1] in self.all_special_tokens:
-                tokens = tokens[1:]
-            return tokens
+        # An unset `legacy` is the legacy behaviour (checkpoints saved before the flag existed omit it).
+        self.legacy = True if legacy is None else bool(legacy)
+        self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
+        proto = Path(model_file).read_bytes()
+        if not self.legacy:  # 4.36 loads the model without sentencepiece's dummy prefix when not legacy
+            from sentencepiece import sentencepiece_model_pb2
 
-        def build_inputs_with_special_tokens(
-            self, token_ids_0: list[int], token_ids_1: list[int] | None = None
-        ) -> list[int]:
-            bos = [self.bos_token_id] if self.add_bos_token else []
-            eos = [self.eos_token_id] if self.add_eos_token else []
-            out = bos + token_ids_0 + eos
-            return out if token_ids_1 is None else out + bos + token_ids_1 + eos
+            model = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated code
+            model.ParseFromString(proto)
+            model.normalizer_spec.add_dummy_prefix = False
+            proto = model.SerializeToString()
+        self.sp_model = spm.SentencePieceProcessor(model_proto=proto)
+        self.bos_token, self.eos_token, self.unk_token, self.pad_token = (
+            bos_token,
+            eos_token,
+            unk_token,
+            pad_token,
+        )
+        self.bos_token_id, self.eos_token_id, self.unk_token_id = map(
+            self._id, (bos_token, eos_token, unk_token)
+        )
+        self.pad_token_id = None if pad_token is None else self._id(pad_token)
+        self.all_special_tokens = [t for t in (bos_token, eos_token, unk_token, pad_token) if t is not None]
+        self.all_special_ids = [self._id(t) for t in self.all_special_tokens]
+        longest_first = sorted(set(self.all_special_tokens), key=len, reverse=True)
+        self._split = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")")
+        self._unk_length = len(self.sp_model.encode(unk_token))
 
-        def get_special_tokens_mask(
-            self,
-            token_ids_0: list[int],
-            token_ids_1: list[int] | None = None,
-            already_has_special_tokens: bool = False,
-        ) -> list[int]:
-            if already_has_special_tokens:
-                return super().get_special_tokens_mask(
-                    token_ids_0, token_ids_1, already_has_special_tokens=True
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str]) -> SentencePieceLlamaTokenizer:
+        """The folder's ``tokenizer.model`` with the settings of its ``tokenizer_config.json``."""
+        folder = Path(path)
+        if not (folder / "tokenizer.model").is_file():
+            raise ValueError(f"{path}: the slow tokenizer needs the folder's tokenizer.model (sentencepiece)")
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        tokens = {k: _token_text(config[k]) for k in ("bos_token", "eos_token", "unk_token") if config.get(k)}
+        return cls(
+            folder / "tokenizer.model",
+            **tokens,
+            pad_token=_token_text(config.get("pad_token")) or None,
+            add_bos_token=config.get("add_bos_token", True),
+            add_eos_token=config.get("add_eos_token", False),
+            legacy=config.get("legacy"),
+        )
+
+    def _id(self, token: str) -> int:
+        index = self.sp_model.piece_to_id(token)
+        if self.sp_model.id_to_piece(index) != token:
+            raise ValueError(f"special token {token!r} is not in the sentencepiece vocabulary")
+        return int(index)
+
+    def __len__(self) -> int:
+        return int(self.sp_model.get_piece_size())
+
+    def _encode_text(self, text: str) -> list[int]:
+        if self.legacy or not text.startswith((SPIECE_UNDERLINE, " ")):
+            return list(self.sp_model.encode(text))
+        # not legacy: keep the leading space (sentencepiece would strip it) by encoding after the unk string
+        return list(self.sp_model.encode(self.unk_token + text))[self._unk_length :]
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """4.36's ids: the text split at special tokens, sentencepiece's ids of each piece, BOS (and EOS)."""
+        if not self.legacy and text:
+            text = SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " ")
+        parts = [p for p in self._split.split(text) if p]
+        if (
+            not self.legacy
+            and len(parts) > 1
+            and parts[0] == SPIECE_UNDERLINE
+            and parts[1] in self.all_special_tokens
+        ):
+            parts = parts[1:]  # the prefix of a text that opens with a special token
+        ids: list[int] = []
+        for part in parts:
+            ids += [self._id(part)] if part in self.all_special_tokens else self._encode_text(part)
+        if not add_special_tokens:
+            return ids
+        return [self.bos_token_id] * self.add_bos_token + ids + [self.eos_token_id] * self.add_eos_token
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        *,
+        truncation: bool = False,
+        max_length: int | None = None,
+        padding: bool = False,
+        return_tensors: None = None,
+        add_special_tokens: bool = True,
+    ) -> dict[str, Any]:
+        """``input_ids`` and ``attention_mask`` of one text or a list, truncated on the right to `max_length`
+        (special tokens kept, as transformers truncates)."""
+        if padding or return_tensors is not None:
+            raise ValueError(f"{type(self).__name__} returns unpadded lists only")
+        texts = [text] if isinstance(text, str) else list(text)
+        rows = []
+        for t in texts:
+            ids = self.encode(t, add_special_tokens=False)
+            if truncation and max_length is not None:
+                n_special = (self.add_bos_token + self.add_eos_token) if add_special_tokens else 0
+                ids = ids[: max(max_length - n_special, 0)]
+            if add_special_tokens:
+                ids = (
+                    [self.bos_token_id] * self.add_bos_token + ids + [self.eos_token_id] * self.add_eos_token
                 )
-            bos = [1] if self.add_bos_token else []
-            eos = [1] if self.add_eos_token else []
-            out = bos + [0] * len(token_ids_0) + eos
-            return out if token_ids_1 is None else out + bos + [0] * len(token_ids_1) + eos
+            rows.append(ids)
+        masks = [[1] * len(ids) for ids in rows]
+        if isinstance(text, str):
+            return {"input_ids": rows[0], "attention_mask": masks[0]}
+        return {"input_ids": rows, "attention_mask": masks}
 
-        def convert_tokens_to_string(self, tokens: list[str]) -> str:
-            # sentencepiece decodes the runs between special tokens (bytes fall back, "▁" -> " "); the prefix
-            # space of the first piece is dropped
-            if not tokens:
-                return ""
-            tokens = list(tokens)
-            if tokens[0].startswith(SPIECE_UNDERLINE):
-                tokens[0] = tokens[0][1:]
-            current: list[str] = []
-            out = ""
-            prev_is_special = False
-            specials = set(self.all_special_tokens)
-            for i, token in enumerate(tokens):
-                if token in specials:
-                    if not prev_is_special and i != 0 and self.legacy:
-                        out += " "
-                    out += self.sp_model.decode(current) + token
-                    prev_is_special = True
-                    current = []
-                else:
-                    current.append(token)
-                    prev_is_special = False
-            return out + self.sp_model.decode(current)
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
+        """4.36's ``convert_tokens_to_string``: sentencepiece decodes the runs between special tokens, the first
+        piece's prefix space is dropped, and a legacy tokenizer puts a space before a special token."""
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+        special = set(self.all_special_ids)
+        tokens = [self.sp_model.id_to_piece(i) for i in ids if not (skip_special_tokens and i in special)]
+        if not tokens:
+            return ""
+        if tokens[0].startswith(SPIECE_UNDERLINE):
+            tokens[0] = tokens[0][1:]
+        out, prev_is_special = "", False
+        current: list[str] = []
+        for i, token in enumerate(tokens):
+            if token in self.all_special_tokens:
+                if not prev_is_special and i != 0 and self.legacy:
+                    out += " "
+                out += self.sp_model.decode(current) + token
+                prev_is_special, current = True, []
+            else:
+                current.append(token)
+                prev_is_special = False
+        return out + self.sp_model.decode(current)
+
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in sequences]

@@ -67,16 +67,13 @@ def train_and_evaluate(
     `train.checkpoint_every`, the run's state is saved there every that many optimizer steps, and a run that
     finds a checkpoint of its own config there resumes from it (experiments/harness/checkpoint.py)."""
     from accelerate import Accelerator, DataLoaderConfiguration
-    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import send_to_device, set_seed
 
     t = cfg.train
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     set_seed(seed)  # the harness owns the process: dropout and the head's init follow the run's seed
-    # Runs of one in-process sweep may differ in mixed precision; the process-level state is kept.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
+    reset_accelerate_state()  # runs of one in-process sweep may differ in mixed precision
     # split_batches: the batch of an optimizer step is split over the processes, so that N processes train on
     # the batches (and step the schedule once per step) as one process does; with one process nothing changes.
     accelerator = Accelerator(
@@ -199,6 +196,23 @@ def train_and_evaluate(
         "diagnostics": diagnostics,
         "identity": family.identity(),
     }
+
+
+def reset_accelerate_state() -> None:
+    """Forget the accelerator settings of the previous run in this process, keeping the process-level state
+    (PartialState: device, ranks). accelerate holds one process-wide AcceleratorState and GradientState and
+    refuses a new Accelerator whose mixed precision differs; runs of one in-process sweep may differ in it.
+    accelerate (1.15) has no public reset; its own tests call the private class methods used here, and this is
+    the only place that calls them. tests/test_accelerate_reset.py fails if accelerate removes them."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    for state in (AcceleratorState, GradientState):
+        reset = getattr(state, "_reset_state", None)
+        if not callable(reset):
+            raise RuntimeError(
+                f"accelerate has no {state.__name__}._reset_state: update reset_accelerate_state"
+            )
+        reset()
 
 
 def run(
