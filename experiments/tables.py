@@ -10,7 +10,12 @@ declared in the family's `claims.yaml` (the only place that names the experiment
 - non-inferiority (treatment not worse by more than the margin): supported if the interval lies above -margin,
   refuted if below -margin, else inconclusive;
 - power: a non-inferiority claim against a bigger reference can only be "supported" when that reference
-  itself beats the `power` experiment (e.g. LoRA r=8 beats LoRA r=2): otherwise matching it shows nothing.
+  itself beats the `power` experiment (e.g. LoRA r=8 beats LoRA r=2): otherwise matching it shows nothing;
+- at-least (the treatment alone against a stated `value` in points, e.g. a chance level): supported if the
+  interval of its score lies above the value, refuted if below, else inconclusive.
+A claim may name a `metric` other than the primary one (a higher-is-better per-task metric of the family's
+records without per-item arrays, e.g. a diagnostic such as direction recovery): its scores are 100 x the records'
+values, and its intervals carry seed-to-seed noise only.
 Every claim and power check of a verdict is judged at the Bonferroni-adjusted level 1 - 0.05 / m, m the
 number of tests in the verdict, so that the chance of any false "supported" or "refuted" stays at 5%.
 
@@ -43,7 +48,7 @@ from experiments.results import iter_records, read_record
 from experiments.sweep import Key, choose_lr, key_label, load_configs
 
 LEVEL = 0.95
-CLAIM_KINDS = ("superiority", "non-inferiority")
+CLAIM_KINDS = ("superiority", "non-inferiority", "at-least")
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
@@ -86,8 +91,32 @@ class Claim:
     statement: str
     kind: str
     treatment: str
-    reference: str
+    reference: str | None = None  # every kind but at-least
     power: str | None = None
+    metric: str | None = None  # None: the family's primary metric
+    value: float | None = None  # at-least: the threshold, in points
+
+    def as_dict(self) -> dict[str, Any]:
+        """The claim as the verdicts record it (the optional metric and value only where set)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None or k not in ("metric", "value")}
+
+
+def _claim_problem(claim: Claim, fam: type[Family]) -> str | None:
+    if claim.kind not in CLAIM_KINDS:
+        return f"kind must be one of {CLAIM_KINDS}, got {claim.kind!r}"
+    if claim.kind == "at-least":
+        if claim.reference is not None or claim.power is not None:
+            return "an at-least claim has no reference or power (it compares the treatment with `value`)"
+        if isinstance(claim.value, bool) or not isinstance(claim.value, (int, float)):
+            return "an at-least claim needs a numeric `value` (points)"
+    elif claim.reference is None or claim.value is not None:
+        return f"a {claim.kind} claim needs a reference and takes no value"
+    if claim.metric is not None:
+        if claim.metric not in fam.metrics:
+            return f"unknown metric {claim.metric!r} (known: {', '.join(fam.metrics)})"
+        if not fam.metrics[claim.metric].higher_is_better:
+            return f"metric {claim.metric!r} is lower-is-better; claims read higher-is-better metrics"
+    return None
 
 
 def load_claims(family: str) -> tuple[float, list[Claim]]:
@@ -104,8 +133,8 @@ def load_claims(family: str) -> tuple[float, list[Claim]]:
             claim = Claim(**c)
         except TypeError as e:
             raise ValueError(f"{path}: claims[{i}]: {e}") from None
-        if claim.kind not in CLAIM_KINDS:
-            raise ValueError(f"{path}: claims[{i}].kind must be one of {CLAIM_KINDS}, got {claim.kind!r}")
+        if (problem := _claim_problem(claim, get_family(family))) is not None:
+            raise ValueError(f"{path}: claims[{i}] ({claim.id}): {problem}")
         claims.append(claim)
     return float(margin), claims
 
@@ -159,6 +188,21 @@ def metric_means(metric: str, recs: list[dict], seeds: list[int], tasks: list[st
     return {"metric": metric, "per_task": per_task, "score": score}
 
 
+def metric_scores(runs: Mapping[str, list[dict]], metrics: set[str], tasks: list[str], n_boot: int = stats.N_BOOT
+                  ) -> dict[str, dict[str, stats.ExperimentScores]]:  # fmt: skip
+    """metric -> experiment -> seed-only scores (100 x each record's per-task value) for the claims that name a
+    metric; an experiment whose records lack it on some task (e.g. no LoRA-Dash layer to recover with) is left out."""
+    out: dict[str, dict[str, stats.ExperimentScores]] = {}
+    for metric in sorted(metrics):
+        for name, recs in runs.items():
+            values = {
+                t: {r["seed"]: r["test"]["per_task"].get(t, {}).get(metric) for r in recs} for t in tasks
+            }
+            if all(v is not None for per_seed in values.values() for v in per_seed.values()):
+                out.setdefault(metric, {})[name] = stats.seed_only_scores(values, 100.0, n_boot)  # type: ignore[arg-type]
+    return out
+
+
 def scoring_rules(fam: type[Family], runs: Mapping[str, list[dict]]) -> list[str]:
     """The rules behind the records' primary metric, as the family names them (none for most families)."""
     return sorted({rule for recs in runs.values() for r in recs if (rule := fam.scoring_rule(r))})
@@ -173,32 +217,52 @@ def _mean_summary(diags: list[dict]) -> dict[str, float | None]:
     return out
 
 
-def judge(claims: list[Claim], margin: float, scores: Mapping[str, stats.ExperimentScores]) -> dict[str, Any]:
-    """Every claim whose experiments ran, with power checks, at the Bonferroni-adjusted level."""
-    active = [c for c in claims if c.treatment in scores and c.reference in scores]
-    powers = sorted({(c.reference, c.power) for c in active if c.power and c.power in scores})
+def judge(
+    claims: list[Claim],
+    margin: float,
+    scores: Mapping[str, stats.ExperimentScores],
+    metric_scores: Mapping[str, Mapping[str, stats.ExperimentScores]] | None = None,
+) -> dict[str, Any]:
+    """Every claim whose experiments ran, with power checks, at the Bonferroni-adjusted level. `metric_scores`:
+    metric -> experiment -> scores, for claims that name a metric (an experiment without it skips them)."""
+
+    def pool(metric: str | None) -> Mapping[str, stats.ExperimentScores]:
+        return scores if metric is None else (metric_scores or {}).get(metric, {})
+
+    active = [c for c in claims
+              if c.treatment in pool(c.metric) and (c.reference is None or c.reference in pool(c.metric))]  # fmt: skip
+    powers = sorted({(c.metric or "", c.reference, c.power) for c in active
+                     if c.power and c.reference and c.power in pool(c.metric)})  # fmt: skip
     m = len(active) + len(powers)
     level = 1 - (1 - LEVEL) / max(1, m)
     power_rows = {}
-    for ref, small in powers:
-        iv = stats.difference(scores[ref], scores[small], level)
-        power_rows[(ref, small)] = {
+    for metric, ref, small in powers:
+        iv = stats.difference(pool(metric or None)[ref], pool(metric or None)[small], level)
+        power_rows[(metric, ref, small)] = {
             "bigger": ref,
             "smaller": small,
+            **({"metric": metric} if metric else {}),
             **iv.as_dict(),
             "has_power": bool(iv.low > 0),
         }
     out = []
     for c in active:
-        iv = stats.difference(scores[c.treatment], scores[c.reference], level)
+        sc = pool(c.metric)
+        if c.kind == "at-least":
+            assert c.value is not None
+            iv = stats.interval(sc[c.treatment], level)
+            verdict = "supported" if iv.low > c.value else "refuted" if iv.high < c.value else "inconclusive"
+        else:
+            assert c.reference is not None
+            iv = stats.difference(sc[c.treatment], sc[c.reference], level)
         if c.kind == "superiority":
             verdict = "supported" if iv.low > 0 else "refuted" if iv.high < margin else "inconclusive"
-        else:
+        elif c.kind == "non-inferiority":
             verdict = "supported" if iv.low > -margin else "refuted" if iv.high < -margin else "inconclusive"
         reason = ""
         if not iv.seed_variance_known:
             verdict, reason = "inconclusive", "fewer than 2 seeds: seed-to-seed noise cannot be estimated"
-        p = power_rows.get((c.reference, c.power)) if c.power else None
+        p = power_rows.get((c.metric or "", c.reference, c.power)) if c.power else None
         if c.power and verdict == "supported" and (p is None or not p["has_power"]):
             verdict, reason = (
                 "inconclusive",
@@ -208,7 +272,7 @@ def judge(claims: list[Claim], margin: float, scores: Mapping[str, stats.Experim
                     else f"no power check: {c.power} was not run"
                 ),
             )
-        out.append({"claim": c.__dict__, **iv.as_dict(), "verdict": verdict, "reason": reason})
+        out.append({"claim": c.as_dict(), **iv.as_dict(), "verdict": verdict, "reason": reason})
     skipped = [c.id for c in claims if c not in active]
     return {"level": level, "tests": m, "margin": margin, "claims": out, "power": list(power_rows.values()),
             "skipped": skipped}  # fmt: skip
@@ -252,7 +316,9 @@ def write_tables(
         return [*written, note]
     rows, scores, tasks = summarize(fam, runs, n_boot)
     margin, claims = load_claims(family)
-    judged = judge(claims, margin, scores)
+    judged = judge(
+        claims, margin, scores, metric_scores(runs, {c.metric for c in claims if c.metric}, tasks, n_boot)
+    )
     paper = _paper(family)
     rules = scoring_rules(fam, runs)
     finished = max((r.get("finished_at") or "" for recs in runs.values() for r in recs), default="")
@@ -423,7 +489,7 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
         f"it lies below +{judged['margin']:g}. Non-inferiority: supported if above -{judged['margin']:g}, refuted if "
         f"below it. A non-inferiority claim against a bigger reference is supported only if that reference itself "
         f"beats the smaller LoRA (power check). All {judged['tests']} tests at the Bonferroni-adjusted level "
-        f"{pct:.2f}% (family-wise 95%).{scored}", "",
+        f"{pct:.2f}% (family-wise 95%).{scored}" + _extended_rules(judged), "",
         "| claim | treatment - reference (points) | interval | seeds | verdict |"
         + (f" {fam.paper_metric}: treatment / reference |" if rule_col else ""),
         "|---|---|---|---:|---|" + ("---|" if rule_col else ""),
@@ -431,9 +497,13 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
     for c in judged["claims"]:
         cl = c["claim"]
         under = (
-            [by_name[cl[k]]["paper_metric"]["score"] for k in ("treatment", "reference")] if rule_col else []
-        )
-        lines.append(f"| {cl['statement']} | {cl['treatment']} - {cl['reference']}: {c['estimate']:+.2f} | "
+            [by_name[cl[k]]["paper_metric"]["score"] if cl[k] else None for k in ("treatment", "reference")]
+            if rule_col else []
+        )  # fmt: skip
+        on = f" ({cl['metric']})" if cl.get("metric") else ""
+        compared = (f"{cl['treatment']}{on}: {c['estimate']:.2f} vs {cl['value']:g}" if cl["kind"] == "at-least"
+                    else f"{cl['treatment']} - {cl['reference']}{on}: {c['estimate']:+.2f}")  # fmt: skip
+        lines.append(f"| {cl['statement']} | {compared} | "
                      f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['n_seeds']}{'' if c['paired'] else ' (unpaired)'} | "
                      f"**{c['verdict']}**{': ' + c['reason'] if c['reason'] else ''} |"
                      + (f" {_fmt(under[0])} / {_fmt(under[1])} |" if rule_col else ""))  # fmt: skip
@@ -465,6 +535,24 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
     if unknown:
         lines += ["", f"One seed only ({', '.join(unknown)}): their intervals cover test items, not seeds."]
     return "\n".join(lines) + "\n"
+
+
+def _extended_rules(judged: dict[str, Any]) -> str:
+    """The rule text of claim kinds and fields other families do not use (empty when no claim uses them, so
+    those families' verdicts keep their bytes)."""
+    claims = [c["claim"] for c in judged["claims"]]
+    text = ""
+    if any(c["kind"] == "at-least" for c in claims):
+        text += (
+            " At-least (the treatment's own score against a stated value; the interval column is then the "
+            "treatment's score): supported if the interval lies above the value, refuted if below it."
+        )
+    if metrics := sorted({c["metric"] for c in claims if c.get("metric")}):
+        text += (
+            f" Claims on {', '.join(metrics)} read 100 x that per-run value of the records, with seed-to-seed "
+            "noise only (no per-item resampling); power checks of such claims are on the same metric."
+        )
+    return text
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
