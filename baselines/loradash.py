@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import loradash
-from loradash.config import PRELAUNCH_CLOCKS
+from loradash.config import DIRECTION_SELECTIONS, PRELAUNCH_CLOCKS
 
 from .base import Shape, check_choice, check_int, check_number, first_too_narrow, register
 from .lora import Lora
@@ -46,6 +46,11 @@ class LoraDash(Lora):
             # scalar moves by at most about its learning rate per step, so a short run can only give the dash
             # phase the reach of the paper's runs (their scalars' summed post-launch rate) through this ratio.
             "lambda_lr_ratio": 1.0,
+            # controls of the selection rule and the dash-only variant (LoraDashConfig documents them); the
+            # defaults are the paper's method
+            "direction_selection": "change_rate",
+            "selection_seed": 0,
+            "freeze_lora_after_launch": False,
         }
     )
 
@@ -56,6 +61,12 @@ class LoraDash(Lora):
         check_number(params, "change_rate_eps", minimum=0.0)
         check_choice(params, "prelaunch_clock", PRELAUNCH_CLOCKS)
         check_number(params, "lambda_lr_ratio", minimum=1e-12)
+        check_choice(params, "direction_selection", DIRECTION_SELECTIONS)
+        check_int(params, "selection_seed", minimum=0)
+        if not isinstance(params["freeze_lora_after_launch"], bool):
+            raise ValueError(
+                f"freeze_lora_after_launch must be true or false, got {params['freeze_lora_after_launch']!r}"
+            )
         return super().check_params(params)
 
     def __init__(self, **params: Any) -> None:
@@ -70,6 +81,9 @@ class LoraDash(Lora):
             prelaunch_steps=p["prelaunch_steps"],
             change_rate_eps=p["change_rate_eps"],
             prelaunch_clock=p["prelaunch_clock"],
+            direction_selection=p["direction_selection"],
+            selection_seed=p["selection_seed"],
+            freeze_lora_after_launch=p["freeze_lora_after_launch"],
         )
         model = loradash.get_loradash_model(model, config)
         # The launch is this method's `on_optimizer_step` (the loop's step count), as in every committed record: the
@@ -158,6 +172,8 @@ class LoraDash(Lora):
             "launch_step_last_layer": max(self._launched_at.values()) if self._launched_at else None,
             "prelaunch_clock": self.params["prelaunch_clock"],
             "lambda_lr_ratio": ratio,
+            "direction_selection": self.params["direction_selection"],
+            "freeze_lora_after_launch": self.params["freeze_lora_after_launch"],
             **budget,
             "dash_output_fraction_median": float(np.median(measured)) if measured else None,
             "launched_layers": sum(d["launched"] for d in layers.values()),

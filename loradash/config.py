@@ -13,9 +13,18 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from ._version import __version__
 from .svd_cache import SVD_CACHE_ENV
 
-__all__ = ["LoraDashConfig", "PRELAUNCH_CLOCKS", "LORADASH_PEFT_TYPE", "CONFIG_MARKER"]
+__all__ = [
+    "LoraDashConfig",
+    "PRELAUNCH_CLOCKS",
+    "DIRECTION_SELECTIONS",
+    "LORADASH_PEFT_TYPE",
+    "CONFIG_MARKER",
+]
 
 PRELAUNCH_CLOCKS = ("optimizer_step", "forward_call")
+# How the launch picks the s directions: the paper's change rate, or one of two controls that ignore the
+# pre-launch update (s directions drawn at random; the s largest singular values).
+DIRECTION_SELECTIONS = ("change_rate", "random", "top_sigma")
 # Written as `peft_type` in a saved adapter_config.json so that stock peft refuses the folder
 # (it has no config class for this type) instead of silently loading it as plain LoRA without the dash term.
 LORADASH_PEFT_TYPE = "LORADASH"
@@ -48,6 +57,16 @@ class LoraDashConfig(LoraConfig):
             bit-identical to an uncached launch's on the same machine. A runtime setting like peft's
             `runtime_config`: it is not written to adapter_config.json (pass it to `loradash.from_pretrained`
             when resuming a checkpoint saved before the launch).
+        direction_selection: how the launch picks the s directions among W's singular directions:
+            "change_rate" (default, the paper: the top-s change rates of the pre-launch update), or a control
+            that ignores that update: "random" (s distinct directions drawn uniformly, from a generator seeded by
+            `selection_seed` and a hash of the layer's weight, so each matrix gets its own draw) or "top_sigma"
+            (the s largest singular values, the principal directions PiSSA adapts).
+        selection_seed: the seed of the "random" rule (ignored by the others).
+        freeze_lora_after_launch: the "dash-only" variant (not the paper's method): after its launch a layer
+            stops training LoRA's A and B (they keep their pre-launch values and stay in the update; the forward
+            detaches them, so they get no gradient and an optimizer that skips gradient-less parameters, as
+            torch's do after `zero_grad(set_to_none=True)`, leaves them alone); only the s scalars train.
         use_loradash: the peft variant switch; always True for this config.
         loradash_version: the loradash release that wrote adapter_config.json (set by `save_pretrained`).
 
@@ -73,6 +92,15 @@ class LoraDashConfig(LoraConfig):
     change_rate_eps: float = field(default=1e-8, metadata={"help": "eps in the change-rate denominator."})
     prelaunch_clock: str = field(
         default="optimizer_step", metadata={"help": "What t counts: 'optimizer_step' or 'forward_call'."}
+    )
+    direction_selection: str = field(
+        default="change_rate",
+        metadata={"help": f"How the launch picks directions: one of {DIRECTION_SELECTIONS}."},
+    )
+    selection_seed: int = field(default=0, metadata={"help": "Seed of the 'random' direction selection."})
+    freeze_lora_after_launch: bool = field(
+        default=False,
+        metadata={"help": "Dash-only: A and B stop training at the launch; only lambda trains."},
     )
     svd_cache_dir: str | None = field(
         default=None,
@@ -100,6 +128,14 @@ class LoraDashConfig(LoraConfig):
             raise ValueError(
                 f"prelaunch_clock must be one of {PRELAUNCH_CLOCKS}, got {self.prelaunch_clock!r}"
             )
+        if self.direction_selection not in DIRECTION_SELECTIONS:
+            raise ValueError(
+                f"direction_selection must be one of {DIRECTION_SELECTIONS}, got {self.direction_selection!r}"
+            )
+        if isinstance(self.selection_seed, bool) or not isinstance(self.selection_seed, int):
+            raise TypeError(f"selection_seed must be an int, got {self.selection_seed!r}")
+        if not isinstance(self.freeze_lora_after_launch, bool):
+            raise TypeError(f"freeze_lora_after_launch must be a bool, got {self.freeze_lora_after_launch!r}")
         if self.fan_in_fan_out:
             raise ValueError(
                 "LoRA-Dash supports nn.Linear targets only; fan_in_fan_out=True (transformers Conv1D, e.g. GPT-2) "

@@ -21,6 +21,7 @@ Before the launch U and Vh are zero, so the dash term is exactly zero and so is 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from torch import nn
 
 from .distributed import is_distributed, share_from_rank0, whole_layer_tensors
 from .selection import LowRankUpdate, select_task_specific_directions
-from .svd_cache import SVDCache
+from .svd_cache import SVDCache, weight_key
 
 __all__ = [
     "DashLinear",
@@ -52,7 +53,15 @@ DASH_STATE = (
     "lora_dash_launched",
     "lora_dash_forward_calls",
 )
-DASH_SETTINGS = ("dash_prelaunch_steps", "dash_eps", "dash_clock", "dash_svd_cache")
+DASH_SETTINGS = (
+    "dash_prelaunch_steps",
+    "dash_eps",
+    "dash_clock",
+    "dash_svd_cache",
+    "dash_selection",
+    "dash_selection_seed",
+    "dash_freeze_lora",
+)
 # Runtime state of the optimizer-step clock (`loradash.clock`): optimizer steps seen, whether `update_loradash`
 # has taken over the launch (then the step hook only counts), whether the clock is done with the adapter.
 DASH_CLOCK = ("dash_optimizer_steps", "dash_manual", "dash_clock_done")
@@ -99,6 +108,9 @@ class LoraDashVariant(LoraVariant):
         module.dash_prelaunch_steps[adapter_name] = int(config.prelaunch_steps)
         module.dash_eps[adapter_name] = float(config.change_rate_eps)
         module.dash_clock[adapter_name] = config.prelaunch_clock
+        module.dash_selection[adapter_name] = getattr(config, "direction_selection", "change_rate")
+        module.dash_selection_seed[adapter_name] = int(getattr(config, "selection_seed", 0))
+        module.dash_freeze_lora[adapter_name] = bool(getattr(config, "freeze_lora_after_launch", False))
         cache_dir = getattr(config, "svd_cache_dir", None)
         module.dash_svd_cache[adapter_name] = (
             SVDCache(cache_dir, model_id=config.base_model_name_or_path) if cache_dir else None
@@ -143,6 +155,12 @@ class LoraDashVariant(LoraVariant):
         a = active_adapter
         A = module.lora_A[a].weight  # [r, in]
         lora_B = module.lora_B[a]  # weight [out, r]
+        B_w, B_b = lora_B.weight, lora_B.bias
+        if module.dash_freeze_lora[a] and module.is_launched(a):
+            # dash-only: after the launch A and B stay in the update but get no gradient (None, so optimizers
+            # skip them); read the flag only for this variant, to keep the paper's forward free of host syncs.
+            A, B_w = A.detach(), B_w.detach()
+            B_b = None if B_b is None else B_b.detach()
         lam = module.lora_dash_lambda[a].weight  # [s]
         x = module.lora_dropout[a](x)  # one dropout mask shared by both branches
         # LoRA and dash folded into one rank r + s update, never an out x in matrix:
@@ -151,8 +169,8 @@ class LoraDashVariant(LoraVariant):
         # peft's own LoRA forward (see `make bench`).
         scale = torch.cat([lam.new_full((A.shape[0],), module.scaling[a]), lam]).to(x.dtype)  # [r+s]
         down = torch.cat([A, module.lora_dash_Vh[a].to(A.dtype)])  # [r+s, in]
-        up = torch.cat([lora_B.weight, module.lora_dash_U[a].to(A.dtype)], dim=1)  # [out, r+s]
-        bias = None if lora_B.bias is None else lora_B.bias * module.scaling[a]
+        up = torch.cat([B_w, module.lora_dash_U[a].to(A.dtype)], dim=1)  # [out, r+s]
+        bias = None if B_b is None else B_b * module.scaling[a]
         return result + F.linear(F.linear(x, down) * scale, up, bias)  # [..., out]
 
 
@@ -256,8 +274,20 @@ def launch_layer(module: DashLinear, adapter: str) -> None:
     with whole_layer_tensors(module, adapter) as (weight, B, A):  # [out, in], [out, r], [r, in]
         update = LowRankUpdate(B=B, A=A, scaling=module.scaling[adapter])
         svd = None if cache is None else cache.svd(weight)
+        rule = module.dash_selection[adapter]
+        generator = None
+        if rule == "random":
+            # one draw per matrix: the seed and the weight's hash (the layer does not know its name)
+            digest = hashlib.sha256(f"{module.dash_selection_seed[adapter]}|{weight_key(weight)}".encode())
+            generator = torch.Generator().manual_seed(int(digest.hexdigest()[:15], 16))
         tsd = select_task_specific_directions(
-            weight, update, U_buf.shape[1], eps=module.dash_eps[adapter], svd=svd
+            weight,
+            update,
+            U_buf.shape[1],
+            eps=module.dash_eps[adapter],
+            svd=svd,
+            rule=rule,
+            generator=generator,
         )
         U_buf.copy_(tsd.U)
         Vh_buf.copy_(tsd.Vh)

@@ -110,6 +110,8 @@ def select_task_specific_directions(
     eps: float = 1e-8,
     *,
     svd: SVD | None = None,
+    rule: str = "change_rate",
+    generator: torch.Generator | None = None,
 ) -> TaskSpecificDirections:
     """Pick the ``num_directions`` singular directions of ``weight`` that ``delta_weight`` changes most.
 
@@ -121,6 +123,10 @@ def select_task_specific_directions(
             none). Must be >= 0.
         svd: ``weight_svd(weight)`` computed earlier (e.g. read from a :class:`loradash.SVDCache`), fp32, on
             ``weight``'s device; None computes it here. Passing the same decomposition gives bit-identical results.
+        rule: "change_rate" (the paper), or a control that ignores ``delta_weight`` for the choice (the change
+            rates are still returned): "random" (s distinct indices drawn uniformly with ``generator``, on the
+            CPU) or "top_sigma" (indices 0..s-1, the largest singular values).
+        generator: the CPU generator of the "random" rule (required by it).
 
     Returns:
         A :class:`TaskSpecificDirections`. U and Vh are fp32 on ``weight``'s device.
@@ -152,8 +158,16 @@ def select_task_specific_directions(
         rate = change_rates(U, S, Vh, delta_weight, eps)
         # Stable sort: equal rates (e.g. dW = 0 at t = 0) resolve to the lower index, i.e. the larger sigma,
         # so the choice is deterministic across runs and ranks.
-        order = torch.sort(rate, descending=True, stable=True).indices
-        idx = order[:num_directions]
+        if rule == "change_rate":
+            idx = torch.sort(rate, descending=True, stable=True).indices[:num_directions]
+        elif rule == "top_sigma":
+            idx = torch.arange(num_directions, device=rate.device)
+        elif rule == "random":
+            if generator is None:
+                raise ValueError("the 'random' rule needs a generator")
+            idx = torch.randperm(k, generator=generator)[:num_directions].to(rate.device)
+        else:
+            raise ValueError(f"unknown selection rule {rule!r} (known: change_rate, random, top_sigma)")
         return TaskSpecificDirections(
             indices=idx,
             change_rate=rate,

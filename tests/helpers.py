@@ -244,6 +244,8 @@ def fake_items(family: str, task: str, quality: float, seed: int) -> dict:
         {"ids": ids, "correct": right.astype(int).tolist()},
         {"ids": ids, "labels": labels, "predictions": preds},
         {"ids": ids, fam.primary_metric: np.where(right, 0.9, 0.1).tolist()},
+        # a distance to a target and the baseline's distance (a ratio of sums, as planted's `matched`)
+        {"ids": ids, "distance": np.where(right, 0.1, 0.9).tolist(), "base_distance": [1.0] * N_ITEMS},
     ]
     for items in layouts:
         try:

@@ -237,3 +237,40 @@ def test_diffusers_style_attention_targets():
     assert len(list(dash_layers(model))) == 4
     assert update_loradash(model, 0) == 4
     assert model(torch.randn(3, 16)).shape == (3, 16)
+
+
+def test_dash_only_freezes_lora_after_the_launch_and_trains_the_scalars(batch):
+    """freeze_lora_after_launch: A and B train before the launch, keep their values after it (no gradient, so
+    the optimizer skips them) and still act in the update; only lambda (and the head) moves."""
+    model = get_loradash_model(tiny_bert(), dash_config(prelaunch_steps=2, freeze_lora_after_launch=True))
+
+    def lora():
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n or "lora_B" in n}
+
+    start = lora()
+    opt = train_steps(model, batch, 2, on_step=lambda s: update_loradash(model, s))
+    at_launch = lora()
+    assert all(launched(model)) and any(not torch.equal(start[n], at_launch[n]) for n in start)
+    lam = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_dash_lambda" in n}
+    model(**batch).loss.backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora_A" in n or "lora_B" in n)
+    opt.step()
+    assert all(torch.equal(p, at_launch[n]) for n, p in model.named_parameters() if n in at_launch)
+    assert any(not torch.equal(p, lam[n]) for n, p in model.named_parameters() if n in lam)
+
+
+def test_dash_only_before_the_launch_is_plain_loradash(batch):
+    a = get_loradash_model(tiny_bert(), dash_config(prelaunch_steps=3, freeze_lora_after_launch=True))
+    b = get_loradash_model(tiny_bert(), dash_config(prelaunch_steps=3))
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        train_steps(m, batch, 2, on_step=lambda s, m=m: update_loradash(m, s))
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=n)
+
+
+@pytest.mark.parametrize("bad", [{"direction_selection": "sigma"}, {"freeze_lora_after_launch": 1},
+                                 {"selection_seed": 1.5}])  # fmt: skip
+def test_selection_and_dash_only_settings_are_validated(bad):
+    with pytest.raises((ValueError, TypeError)):
+        dash_config(**bad)

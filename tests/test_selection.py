@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from loradash import LowRankUpdate, select_task_specific_directions
+from loradash.selection import weight_svd
 
 
 def literal_rates(W: torch.Tensor, dW: torch.Tensor, eps: float) -> torch.Tensor:
@@ -108,3 +109,29 @@ def test_shape_mismatch_and_negative_eps():
         select_task_specific_directions(torch.randn(5, 8), torch.zeros(8, 5), 2)
     with pytest.raises(ValueError, match="eps"):
         select_task_specific_directions(torch.randn(5, 8), torch.zeros(5, 8), 2, eps=-1.0)
+
+
+def test_control_rules_ignore_the_update():
+    torch.manual_seed(0)
+    W, dW = torch.randn(12, 10), torch.randn(12, 10)
+    top = select_task_specific_directions(W, dW, 4, rule="top_sigma")
+    assert top.indices.tolist() == [0, 1, 2, 3]
+    draw = lambda seed, d: select_task_specific_directions(  # noqa: E731
+        W, d, 4, rule="random", generator=torch.Generator().manual_seed(seed)
+    ).indices.tolist()
+    assert draw(0, dW) == draw(0, torch.zeros_like(dW))  # the update plays no part in the choice
+    assert len(set(draw(0, dW))) == 4 and all(0 <= i < 10 for i in draw(0, dW))
+    assert draw(0, dW) != draw(1, dW)
+    full = select_task_specific_directions(W, dW, 4)
+    torch.testing.assert_close(top.change_rate, full.change_rate)  # rates are still reported
+    U, _, Vh = weight_svd(W)
+    torch.testing.assert_close(top.U, U[:, :4])
+    torch.testing.assert_close(top.Vh, Vh[:4])
+
+
+def test_random_rule_needs_a_generator_and_unknown_rules_fail():
+    W = torch.randn(6, 5)
+    with pytest.raises(ValueError, match="generator"):
+        select_task_specific_directions(W, W, 2, rule="random")
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        select_task_specific_directions(W, W, 2, rule="largest")

@@ -393,3 +393,87 @@ def test_records_made_with_other_package_versions_are_labelled_not_mixed_in_sile
     table = (out / "table.md").read_text()
     assert "†" not in table and "other package versions" not in table
     assert "off_lock" not in json.loads((out / "summary.json").read_text())
+
+
+def seed_scores(values):
+    """Seed-only scores of a metric without items: experiment -> per-seed values (fractions)."""
+    return {
+        name: stats.seed_only_scores({"t": dict(enumerate(v))}, 100.0, n_boot=50)
+        for name, v in values.items()
+    }
+
+
+AT_LEAST = Claim("above-chance", "recovers above chance", "at-least", "dash", metric="recovery", value=10.0)
+
+
+@pytest.mark.parametrize(
+    "values,expected",
+    [
+        ([0.30, 0.31, 0.29, 0.30, 0.30], "supported"),  # 30 +- ~1.6 points: above 10
+        ([0.05, 0.06, 0.04, 0.05, 0.05], "excluded"),  # 5: below 10
+        ([0.05, 0.30, 0.15, 0.10, 0.20], "inconclusive"),  # the interval spans 10
+        ([0.11, 0.111, 0.109, 0.11, 0.11], "supported"),  # just inside: 11.0 +- 0.16
+        ([0.09, 0.091, 0.089, 0.09, 0.09], "excluded"),  # just outside: 9.0 +- 0.16
+        ([0.30, 0.31, 0.29], "inconclusive"),  # 3 seeds: a verdict needs 5
+    ],
+)
+def test_at_least_verdicts_on_a_metric_without_items(values, expected):
+    out = judge([AT_LEAST], 5.0, {}, metric_scores={"recovery": seed_scores({"dash": values})})
+    (c,) = out["claims"]
+    assert c["verdict"] == expected, c
+    assert (
+        c["claim"]["metric"] == "recovery" and c["claim"]["value"] == 10.0 and c["claim"]["reference"] is None
+    )
+    assert c["estimate"] == pytest.approx(100 * np.mean(values))
+
+
+def test_seed_only_scores_have_no_item_term_and_pair_by_seed():
+    s = seed_scores({"a": [0.5, 0.6, 0.7], "b": [0.4, 0.5, 0.6]})
+    d = stats.difference(s["a"], s["b"])
+    assert d.paired and d.estimate == pytest.approx(10.0) and d.low == d.high == pytest.approx(10.0)
+    iv = stats.interval(s["a"])
+    assert iv.se == pytest.approx(np.std([50, 60, 70], ddof=1) / np.sqrt(3))
+
+
+def test_metric_claims_read_their_metric_and_skip_experiments_without_it():
+    claim = Claim("rule", "rule beats random", "superiority", "dash", "random", metric="recovery")
+    primary = scores_for({"dash": 0.0, "random": 0.0}, n_items=1000)  # the primary metric: no difference
+    metric = {
+        "recovery": seed_scores(
+            {"dash": [0.5, 0.6, 0.55, 0.5, 0.6], "random": [0.02, 0.03, 0.02, 0.02, 0.03]}
+        )
+    }
+    (c,) = judge([claim], 5.0, primary, metric_scores=metric)["claims"]
+    assert c["verdict"] == "supported" and c["estimate"] == pytest.approx(52.6, abs=0.01)  # 55 - 2.4
+    out = judge([claim], 5.0, primary, metric_scores={"recovery": seed_scores({"dash": [0.5, 0.6, 0.55]})})
+    assert out["claims"] == [] and out["skipped"] == ["rule"]
+
+
+def test_claims_without_the_new_fields_record_as_before():
+    assert set(SAME_RANK.as_dict()) == {
+        "id",
+        "statement",
+        "kind",
+        "treatment",
+        "reference",
+        "power",
+        "control",
+    }
+
+
+@pytest.mark.parametrize(
+    "claim,problem",
+    [
+        (Claim("x", "x", "at-least", "dash", "lora", value=1.0), "no reference"),
+        (Claim("x", "x", "at-least", "dash"), "numeric `value`"),
+        (Claim("x", "x", "superiority", "dash"), "needs a reference"),
+        (Claim("x", "x", "superiority", "dash", "lora", metric="nope"), "unknown metric"),
+        (Claim("x", "x", "superiority", "dash", "lora", metric="distance"), "lower-is-better"),
+        (Claim("x", "x", "better", "dash", "lora"), "kind must be"),
+    ],
+)
+def test_malformed_claims_are_named(claim, problem):
+    from experiments.harness.registry import get_family
+    from experiments.report.tables import _claim_problem
+
+    assert problem in _claim_problem(claim, get_family("planted"))

@@ -97,7 +97,12 @@ NOT_IN_HASH: dict[str, tuple[str, ...]] = {"train": ("checkpoint_every",)}
 # when a config sets something else, so adding a setting leaves the records that never used it current.
 # Sections are config sections; "method" means the method's resolved hyper-parameters.
 HASHED_UNLESS: dict[str, dict[str, Any]] = {
-    "method": {"init_lora_weights": True},
+    "method": {
+        "init_lora_weights": True,
+        "direction_selection": "change_rate",
+        "selection_seed": 0,
+        "freeze_lora_after_launch": False,
+    },
     "model": {"slow_tokenizer": False},
 }
 

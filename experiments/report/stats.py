@@ -131,6 +131,20 @@ def score_experiment(
     )
 
 
+def seed_only_scores(per_seed_task: Mapping[str, Mapping[int, float]], scale: float, n_boot: int = N_BOOT
+                     ) -> ExperimentScores:  # fmt: skip
+    """Scores of a metric that has no per-item arrays (e.g. a per-run diagnostic): task -> seed -> value. Its
+    bootstrap replicates are constant, so every interval built from it carries the seed-to-seed noise alone."""
+    tasks = sorted(per_seed_task)
+    seeds = sorted(set.intersection(*(set(per_seed_task[t]) for t in tasks)))
+    if not seeds:
+        raise ValueError("no seed has the metric on every task")
+    pst = {t: scale * np.array([float(per_seed_task[t][s]) for s in seeds]) for t in tasks}
+    boot_task = {t: np.repeat(v[:, None], n_boot, axis=1) for t, v in pst.items()}
+    return ExperimentScores(seeds=seeds, per_seed=np.mean([pst[t] for t in tasks], axis=0), per_seed_task=pst,
+                            boot=np.mean([boot_task[t] for t in tasks], axis=0), boot_task=boot_task)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Interval:
     estimate: float

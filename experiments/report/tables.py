@@ -5,14 +5,20 @@ Scores are the family's primary metric per task (100 x), averaged over tasks wit
 declared in the family's `claims.yaml` (the only place that names the experiments a claim compares):
 
 - superiority (treatment beats reference): supported if the interval of (treatment - reference) lies above 0,
-  refuted if it lies below +margin (any gain is smaller than the smallest one that matters), else
-  inconclusive;
+  excluded if it lies below +margin (a gain of the margin or more excluded), else inconclusive;
 - non-inferiority (treatment not worse by more than the margin): supported if the interval lies above -margin,
-  refuted if below -margin, else inconclusive;
+  excluded if below -margin, else inconclusive;
 - power: a non-inferiority claim against a bigger reference can only be "supported" when that reference
-  itself beats the `power` experiment (e.g. LoRA r=8 beats LoRA r=2): otherwise matching it shows nothing.
+  itself beats the `power` experiment (e.g. LoRA r=8 beats LoRA r=2): otherwise matching it shows nothing;
+- at-least (the treatment alone against a stated `value` in points, e.g. a chance level): supported if the
+  interval of its score lies above the value, excluded if below, else inconclusive.
+Supported or excluded needs at least MIN_SEEDS seeds. A claim whose treatment changed fewer than margin/100 of its
+control's test predictions (the manipulation check) is "not exercised", whatever its interval.
+A claim may name a `metric` other than the primary one (a higher-is-better per-task metric of the family's
+records without per-item arrays, e.g. a diagnostic such as direction recovery): its scores are 100 x the records'
+values, and its intervals carry seed-to-seed noise only.
 Every claim and power check of a verdict is judged at the Bonferroni-adjusted level 1 - 0.05 / m, m the
-number of tests in the verdict, so that the chance of any false "supported" or "refuted" stays at 5%.
+number of tests in the verdict, so that the chance of any false "supported" or "excluded" stays at 5%.
 
 Where a family's paper numbers were scored by another rule than its primary metric (`Family.paper_metric`, e.g.
 the reference's answer extraction of the LLM commonsense family), the tables print the runs' score under that
@@ -43,7 +49,7 @@ from experiments.harness.registry import Family, get_family
 from experiments.report import stats
 
 LEVEL = 0.95
-CLAIM_KINDS = ("superiority", "non-inferiority")
+CLAIM_KINDS = ("superiority", "non-inferiority", "at-least")
 MIN_SEEDS = 5  # seeds a claim needs for "supported" or "excluded"
 VERDICTS = ("supported", "excluded", "inconclusive", "not exercised")
 
@@ -88,17 +94,42 @@ class Claim:
     statement: str
     kind: str
     treatment: str
-    reference: str
+    reference: str | None = None  # every kind but at-least
     power: str | None = None
     control: str | None = (
         None  # the treatment without its addition (default: power, else a superiority reference)
     )
+
+    metric: str | None = None  # None: the family's primary metric
+    value: float | None = None  # at-least: the threshold, in points
+
+    def as_dict(self) -> dict[str, Any]:
+        """The claim as the verdicts record it (the optional metric and value only where set)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None or k not in ("metric", "value")}
 
     @property
     def control_experiment(self) -> str | None:
         if self.control is not None:
             return self.control
         return self.power or (self.reference if self.kind == "superiority" else None)
+
+
+def _claim_problem(claim: Claim, fam: type[Family]) -> str | None:
+    if claim.kind not in CLAIM_KINDS:
+        return f"kind must be one of {CLAIM_KINDS}, got {claim.kind!r}"
+    if claim.kind == "at-least":
+        if claim.reference is not None or claim.power is not None:
+            return "an at-least claim has no reference or power (it compares the treatment with `value`)"
+        if isinstance(claim.value, bool) or not isinstance(claim.value, (int, float)):
+            return "an at-least claim needs a numeric `value` (points)"
+    elif claim.reference is None or claim.value is not None:
+        return f"a {claim.kind} claim needs a reference and takes no value"
+    if claim.metric is not None:
+        if claim.metric not in fam.metrics:
+            return f"unknown metric {claim.metric!r} (known: {', '.join(fam.metrics)})"
+        if not fam.metrics[claim.metric].higher_is_better:
+            return f"metric {claim.metric!r} is lower-is-better; claims read higher-is-better metrics"
+    return None
 
 
 def load_claims(family: str) -> tuple[float, list[Claim]]:
@@ -115,8 +146,8 @@ def load_claims(family: str) -> tuple[float, list[Claim]]:
             claim = Claim(**c)
         except TypeError as e:
             raise ValueError(f"{path}: claims[{i}]: {e}") from None
-        if claim.kind not in CLAIM_KINDS:
-            raise ValueError(f"{path}: claims[{i}].kind must be one of {CLAIM_KINDS}, got {claim.kind!r}")
+        if (problem := _claim_problem(claim, get_family(family))) is not None:
+            raise ValueError(f"{path}: claims[{i}] ({claim.id}): {problem}")
         claims.append(claim)
     return float(margin), claims
 
@@ -175,6 +206,21 @@ def metric_means(metric: str, recs: list[dict], seeds: list[int], tasks: list[st
     return {"metric": metric, "per_task": per_task, "score": score}
 
 
+def metric_scores(runs: Mapping[str, list[dict]], metrics: set[str], tasks: list[str], n_boot: int = stats.N_BOOT
+                  ) -> dict[str, dict[str, stats.ExperimentScores]]:  # fmt: skip
+    """metric -> experiment -> seed-only scores (100 x each record's per-task value) for the claims that name a
+    metric; an experiment whose records lack it on some task (e.g. no LoRA-Dash layer to recover with) is left out."""
+    out: dict[str, dict[str, stats.ExperimentScores]] = {}
+    for metric in sorted(metrics):
+        for name, recs in runs.items():
+            values = {
+                t: {r["seed"]: r["test"]["per_task"].get(t, {}).get(metric) for r in recs} for t in tasks
+            }
+            if all(v is not None for per_seed in values.values() for v in per_seed.values()):
+                out.setdefault(metric, {})[name] = stats.seed_only_scores(values, 100.0, n_boot)  # type: ignore[arg-type]
+    return out
+
+
 def scoring_rules(fam: type[Family], runs: Mapping[str, list[dict]]) -> list[str]:
     """The rules behind the records' primary metric, as the family names them (none for most families)."""
     return sorted({rule for recs in runs.values() for r in recs if (rule := fam.scoring_rule(r))})
@@ -225,27 +271,44 @@ def judge(
     margin: float,
     scores: Mapping[str, stats.ExperimentScores],
     checks: Mapping[str, Mapping[str, Any]] | None = None,
+    metric_scores: Mapping[str, Mapping[str, stats.ExperimentScores]] | None = None,
 ) -> dict[str, Any]:
     """Every claim whose experiments ran, with power checks, at the Bonferroni-adjusted level. `checks`: per claim
-    id, its manipulation check (`changed_predictions` of treatment vs control, plus the method's measures)."""
-    active = [c for c in claims if c.treatment in scores and c.reference in scores]
-    powers = sorted({(c.reference, c.power) for c in active if c.power and c.power in scores})
+    id, its manipulation check (`changed_predictions` of treatment vs control, plus the method's measures).
+    `metric_scores`: metric -> experiment -> scores, for claims that name a metric (an experiment without it
+    skips them)."""
+
+    def pool(metric: str | None) -> Mapping[str, stats.ExperimentScores]:
+        return scores if metric is None else (metric_scores or {}).get(metric, {})
+
+    active = [c for c in claims
+              if c.treatment in pool(c.metric) and (c.reference is None or c.reference in pool(c.metric))]  # fmt: skip
+    powers = sorted({(c.metric or "", c.reference, c.power) for c in active
+                     if c.power and c.reference and c.power in pool(c.metric)})  # fmt: skip
     m = len(active) + len(powers)
     level = 1 - (1 - LEVEL) / max(1, m)
     threshold = margin / 100  # fraction of changed predictions below which a treatment did not act
     power_rows = {}
-    for ref, small in powers:
-        iv = stats.difference(scores[ref], scores[small], level)
-        power_rows[(ref, small)] = {
+    for metric, ref, small in powers:
+        iv = stats.difference(pool(metric or None)[ref], pool(metric or None)[small], level)
+        power_rows[(metric, ref, small)] = {
             "bigger": ref,
             "smaller": small,
+            **({"metric": metric} if metric else {}),
             **iv.as_dict(),
             "has_power": bool(iv.low > 0),
         }
     out = []
     for c in active:
-        iv = stats.difference(scores[c.treatment], scores[c.reference], level)
-        verdict, finding = _rule(c.kind, iv.low, iv.high, margin)
+        sc = pool(c.metric)
+        if c.kind == "at-least":
+            assert c.value is not None
+            iv = stats.interval(sc[c.treatment], level)
+            verdict, finding = _at_least_rule(iv.low, iv.high, c.value)
+        else:
+            assert c.reference is not None
+            iv = stats.difference(sc[c.treatment], sc[c.reference], level)
+            verdict, finding = _rule(c.kind, iv.low, iv.high, margin)
         reason = ""
         check = dict((checks or {}).get(c.id) or {})
         changed = check.get("changed")
@@ -256,7 +319,7 @@ def judge(
         elif iv.n_seeds < MIN_SEEDS and verdict != "inconclusive":
             verdict, reason = "inconclusive", (f"{iv.n_seeds} seeds: a verdict needs at least {MIN_SEEDS} "
                                                f"(the interval alone would read: {finding})")  # fmt: skip
-        p = power_rows.get((c.reference, c.power)) if c.power else None
+        p = power_rows.get((c.metric or "", c.reference, c.power)) if c.power else None
         if c.power and verdict == "supported" and (p is None or not p["has_power"]):
             verdict, reason = (
                 "inconclusive",
@@ -272,7 +335,7 @@ def judge(
                 f"(same seeds), under the {100 * threshold:g}% that a difference of {margin:g} point(s) needs; "
                 + (f"in effect {c.reference} was compared with itself" if check["control"] == c.reference
                    else f"in effect the runs compared {check['control']} with {c.reference}"))  # fmt: skip
-        out.append({"claim": c.__dict__, **iv.as_dict(), "verdict": verdict, "finding": finding, "reason": reason,
+        out.append({"claim": c.as_dict(), **iv.as_dict(), "verdict": verdict, "finding": finding, "reason": reason,
                     "manipulation": check or None})  # fmt: skip
     skipped = [c.id for c in claims if c not in active]
     return {"level": level, "tests": m, "margin": margin, "min_seeds": MIN_SEEDS, "acted_threshold": threshold,
@@ -295,6 +358,15 @@ def _rule(kind: str, low: float, high: float, margin: float) -> tuple[str, str]:
     if high < -margin:
         return "excluded", f"a loss of under {m} excluded (worse by more than {m})"
     return "inconclusive", f"neither a loss of {m} or more excluded nor shown"
+
+
+def _at_least_rule(low: float, high: float, value: float) -> tuple[str, str]:
+    """The verdict of an at-least claim from the interval of the treatment's own score, and its finding."""
+    if low > value:
+        return "supported", f"a score of {value:g} or more shown"
+    if high < value:
+        return "excluded", f"a score of {value:g} excluded"
+    return "inconclusive", f"neither a score of {value:g} shown nor excluded"
 
 
 def _changed_text(changed: Mapping[str, Any]) -> str:
@@ -367,7 +439,13 @@ def write_tables(
         return [*written, note]
     rows, scores, tasks = summarize(fam, runs, n_boot)
     margin, claims = load_claims(family)
-    judged = judge(claims, margin, scores, manipulation_checks(claims, runs))
+    judged = judge(
+        claims,
+        margin,
+        scores,
+        manipulation_checks(claims, runs),
+        metric_scores(runs, {c.metric for c in claims if c.metric}, tasks, n_boot),
+    )
     paper = _paper(family)
     rules = scoring_rules(fam, runs)
     finished = max((r.get("finished_at") or "" for recs in runs.values() for r in recs), default="")
@@ -551,7 +629,7 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
         f"{100 * judged['acted_threshold']:g}% of the control's test predictions (mean over seeds), it cannot "
         f"have moved an accuracy by {mg} point(s) on any seed, and the claim is *not exercised* whatever its "
         f"interval. All {judged['tests']} tests at the Bonferroni-adjusted level {pct:.2f}% (family-wise "
-        f"95%).{scored}", "",
+        f"95%).{scored}" + _extended_rules(judged), "",
         "| claim | treatment - reference (points) | interval | seeds | verdict |"
         + (f" {fam.paper_metric}: treatment / reference |" if rule_col else ""),
         "|---|---|---|---:|---|" + ("---|" if rule_col else ""),
@@ -559,9 +637,13 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
     for c in judged["claims"]:
         cl = c["claim"]
         under = (
-            [by_name[cl[k]]["paper_metric"]["score"] for k in ("treatment", "reference")] if rule_col else []
-        )
-        lines.append(f"| {cl['statement']} | {cl['treatment']} - {cl['reference']}: {c['estimate']:+.2f} | "
+            [by_name[cl[k]]["paper_metric"]["score"] if cl[k] else None for k in ("treatment", "reference")]
+            if rule_col else []
+        )  # fmt: skip
+        on = f" ({cl['metric']})" if cl.get("metric") else ""
+        compared = (f"{cl['treatment']}{on}: {c['estimate']:.2f} vs {cl['value']:g}" if cl["kind"] == "at-least"
+                    else f"{cl['treatment']} - {cl['reference']}{on}: {c['estimate']:+.2f}")  # fmt: skip
+        lines.append(f"| {cl['statement']} | {compared} | "
                      f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['n_seeds']}{'' if c['paired'] else ' (unpaired)'} | "
                      f"**{c['verdict']}**: {c['reason'] or c['finding']} |"
                      + (f" {_fmt(under[0])} / {_fmt(under[1])} |" if rule_col else ""))  # fmt: skip
@@ -616,6 +698,24 @@ def _manipulation_md(judged: dict[str, Any]) -> list[str]:
         lines.append(f"| {c['claim']['id']} | {c['claim']['treatment']} vs {m['control']} | "
                      f"{'-' if ch is None else _changed_text(ch)} | {acted} | " + " | ".join(cells) + " |")  # fmt: skip
     return lines
+
+
+def _extended_rules(judged: dict[str, Any]) -> str:
+    """The rule text of claim kinds and fields other families do not use (empty when no claim uses them, so
+    those families' verdicts keep their bytes)."""
+    claims = [c["claim"] for c in judged["claims"]]
+    text = ""
+    if any(c["kind"] == "at-least" for c in claims):
+        text += (
+            " At-least (the treatment's own score against a stated value; the interval column is then the "
+            "treatment's score): supported if the interval lies above the value, excluded if below it."
+        )
+    if metrics := sorted({c["metric"] for c in claims if c.get("metric")}):
+        text += (
+            f" Claims on {', '.join(metrics)} read 100 x that per-run value of the records, with seed-to-seed "
+            "noise only (no per-item resampling); power checks of such claims are on the same metric."
+        )
+    return text
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:

@@ -1,0 +1,96 @@
+"""The planted family's own figures (written by `make tables` beside the generic ones, from run records only):
+distance to the teacher against trainable parameters, and direction recovery per layer."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TASK = "planted"
+COLORS = {"band": "tab:blue", "anywhere": "tab:green", "random_dirs": "tab:red"}
+
+
+def _kept(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records by experiment (real models only), at the rate with the best mean final validation score when an
+    experiment has several (the tables' choice rule, on validation only)."""
+    by: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.get("identity", {}).get("model", {}).get("random_weights") or TASK not in r["test"]["per_task"]:
+            continue
+        by[r["experiment"]][r["lr"]].append(r)
+    out = {}
+    for name, per_lr in sorted(by.items()):
+
+        def val(recs: list[dict]) -> float:
+            return float(np.mean([x["validation_curve"][-1]["val_matched"] for x in recs]))
+
+        out[name] = sorted(max(per_lr.values(), key=val), key=lambda x: x["seed"])
+    return out
+
+
+def write(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    runs = _kept(records)
+    if not runs:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    # 1. residual distance (1 - matched: the share of the planted change still missing) vs trainable parameters
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, recs in runs.items():
+        setting = recs[0]["config"]["data"]["setting"]
+        resid = np.array([1 - x["test"]["per_task"][TASK]["matched"] for x in recs])
+        n = recs[0]["param_counts"]["trainable"]
+        ax.errorbar([n], [resid.mean()], yerr=[[resid.mean() - resid.min()], [resid.max() - resid.mean()]],
+                    fmt="o", color=COLORS.get(setting, "k"), capsize=3)  # fmt: skip
+        ax.annotate(name, (n, resid.mean()), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for setting, color in COLORS.items():
+        ax.plot([], [], "o", color=color, label=f"teacher: {setting}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("test distance to teacher / base model's distance (1 - matched)")
+    ax.set_title("Planted directions: distance to the teacher (mean over seeds, bars: min-max)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "distance_vs_params.png"
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    written.append(path)
+
+    # 2. recovery per targeted matrix for every LoRA-Dash experiment with a singular-direction teacher
+    dash = {n: r for n, r in runs.items() if r[0]["test"]["per_task"][TASK].get("recovery_by_layer")}
+    if dash:
+        layers = list(next(iter(dash.values()))[0]["test"]["per_task"][TASK]["recovery_by_layer"])
+        fig, ax = plt.subplots(figsize=(10, 5))
+        x = np.arange(len(layers))
+        for name, recs in dash.items():
+            vals = np.array([[x_["test"]["per_task"][TASK]["recovery_by_layer"][layer] for layer in layers]
+                             for x_ in recs])  # fmt: skip
+            ax.plot(
+                x, vals.mean(0), marker="o", ms=3, label=f"{name} (mean {vals.mean():.2f}, {len(recs)} seeds)"
+            )
+        chance = next(iter(dash.values()))[0]["test"]["per_task"][TASK]["recovery_chance"]
+        ax.axhline(chance, color="gray", ls="--", label=f"chance s/n = {chance:.3f}")
+        short = [n.replace("encoder.layer.", "L").replace("attention.output.dense", "attn.out")
+                 .replace("attention.self.", "").replace("intermediate.dense", "ffn.in")
+                 .replace("output.dense", "ffn.out") for n in layers]  # fmt: skip
+        ax.set_xticks(x, short, rotation=70, fontsize=7)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel("fraction of the planted directions chosen")
+        ax.set_title("Direction recovery per targeted matrix (mean over seeds)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / "recovery_per_layer.png"
+        fig.savefig(path, dpi=110, metadata={"Software": None})
+        plt.close(fig)
+        written.append(path)
+    return written
