@@ -39,11 +39,11 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from experiments.commonsense.family import resolve_model
-from experiments.harness.config import ExperimentConfig, check_positive
 from experiments.glue.data import default_data_dir, load_tsv, task_file
-from experiments.planted import teacher as T
-from experiments.harness.registry import Family, Metric, register_family, shuffled_loader
+from experiments.harness.config import ExperimentConfig, check_positive
 from experiments.harness.records import REPO_ROOT, file_sha256, model_identity
+from experiments.harness.registry import Family, Metric, register_family, shuffled_loader
+from experiments.planted import teacher as T
 
 CACHE_ENV = "LORADASH_PLANTED_CACHE"
 CACHE_FORMAT = "planted-teacher-2"  # bump when what the cache holds changes
