@@ -227,6 +227,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 )
 def cmd_list(args: argparse.Namespace) -> int:
     rows = plan_status(args.family, args.profile, args.results_dir)
+    for r in rows:
+        if r["problems"]:  # one line per record that does not check, naming the file
+            print(f"invalid run record {r['path']}: {'; '.join(r['problems'])}", file=sys.stderr)
     estimates = _estimates(args.family, args.profile) if args.estimate else {}
     for r in rows:
         lr = "-" if r["lr"] is None else f"{r['lr']:g}"
