@@ -629,3 +629,41 @@ def test_a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_broken(sc
     lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     assert run_cli(argv, capsys)[0] == 0
     assert json.loads(record.read_text())["status"] == "complete" and not lock.exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "--profile", "smoke", "--experiment", "../glue/lora-r2", "--lr", "1e-3"], ("not a plain name",)),
+    (["run", "--profile", "smoke", "--experiment", "lora-r1/../full", "--lr", "1e-3"], ("not a plain name",)),
+    (["run", "--profile", "smoke", "--experiment", "..", "--lr", "1e-3"], ("not a plain name",)),
+    (["run", "--family", "glue", "--profile", "smoke", "--experiment", "lora-r2", "--task", "../cola", "--lr", "1e-3"],
+     ("task '../cola' is not in profile smoke",)),
+    ([*RUN, "--seed", "4294967296"], ("--seed", "must be < 4294967296")),
+])  # fmt: skip
+def test_names_and_seeds_out_of_bounds_are_one_line(scratch, capsys, argv, expected):
+    check_one_line(scratch, capsys, argv, *expected)
+    assert not (scratch.results / "smoke" / "glue" / "lora-r2" / "seed0_lr1e-3.json").exists()
+
+
+def test_a_full_disk_during_tables_is_one_line_and_keeps_what_was_there(scratch, capsys, monkeypatch):
+    import errno
+    import os
+
+    args = ["tables", "--profile", "smoke", "--results-dir", str(scratch.results)]
+    assert run_cli(args, capsys)[0] == 0
+    out = scratch.results / "smoke" / "commonsense"
+    before = {k: v for k, v in snapshot(out).items() if "/" not in k}  # the generated files
+    (scratch.results / CS_RECORD).unlink()  # the tables would change
+    real = os.fdopen
+
+    def full(fd, *a, **k):
+        f = real(fd, *a, **k)
+        if "b" in (a[0] if a else k.get("mode", "")):
+            f.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return f
+
+    monkeypatch.setattr(os, "fdopen", full)
+    code, err = run_cli(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "the disk is full" in lines[0], err
+    monkeypatch.setattr(os, "fdopen", real)
+    assert {k: v for k, v in snapshot(out).items() if "/" not in k} == before  # none truncated, no temp file

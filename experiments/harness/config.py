@@ -248,6 +248,14 @@ def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
         raise ConfigError(src(key), key, problem)
 
 
+def check_plain_name(name: str, what: str, folder: Path) -> None:
+    """An experiment or task name is a plain name: no path separator, no `..`, nothing that resolves outside the
+    family's folder (`--experiment ../glue/lora-r2` would write one family's run into another's folder)."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or (folder / name).resolve().parent != folder.resolve()):  # fmt: skip
+        raise ConfigError(folder, what, f"{name!r} is not a plain name (no path separators or '..')")
+
+
 def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise MissingFileError(f"config file not found: {path}")
@@ -286,6 +294,9 @@ def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any]
     check_layer(profile_overrides, profile_source, sections)
     task_source = f"{profile_source}.tasks.{task}"
     check_layer(task_overrides, task_source, sections)
+    check_plain_name(name, "experiment", fdir)
+    if task is not None:
+        check_plain_name(task, "task", fdir)
     exp_path = fdir / name / "experiment.yaml"
     if inline is not None:
         exp_path = Path(f"{profile_source}.every_method.{name}")
