@@ -159,7 +159,11 @@ def _check_shape(meta: Any) -> None:
     rng = meta["rng"]
     if not isinstance(rng, dict) or set(rng) != {"python", "numpy"}:
         raise ValueError("rng must hold the python and numpy states")
-    if not isinstance(meta["tensors"], str) or "/" in meta["tensors"] or not isinstance(meta["optimizer"], dict):
+    if (
+        not isinstance(meta["tensors"], str)
+        or "/" in meta["tensors"]
+        or not isinstance(meta["optimizer"], dict)
+    ):
         raise ValueError("tensors must name a file beside it; optimizer must be a mapping")
 
 
