@@ -56,7 +56,7 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _int_at_least(minimum: int):
+def _int_at_least(minimum: int, below: int | None = None):
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -64,6 +64,8 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
         if v < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        if below is not None and v >= below:
+            raise argparse.ArgumentTypeError(f"must be < {below}, got {v}")
         return v
 
     return parse
@@ -170,7 +172,7 @@ def _one_line(e: Exception) -> str:
     "train and evaluate one (experiment, task, seed, lr)",
     opt("--experiment", required=True),
     opt("--task", default=None, help="for one-task-per-run families (glue): the task"),
-    opt("--seed", type=_int_at_least(0), default=0),
+    opt("--seed", type=_int_at_least(0, below=2**32), default=0),  # numpy and torch seeds: < 2**32
     opt("--lr", type=_positive_float, required=True),
     opt("--force", action="store_true", help="rerun even if a complete record exists"),
     opt("--no-progress", action="store_true"),
@@ -227,6 +229,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 )
 def cmd_list(args: argparse.Namespace) -> int:
     rows = plan_status(args.family, args.profile, args.results_dir)
+    for r in rows:
+        if r["problems"]:  # one line per record that does not check, naming the file
+            print(f"invalid run record {r['path']}: {'; '.join(r['problems'])}", file=sys.stderr)
     estimates = _estimates(args.family, args.profile) if args.estimate else {}
     for r in rows:
         lr = "-" if r["lr"] is None else f"{r['lr']:g}"

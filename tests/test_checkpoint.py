@@ -242,3 +242,31 @@ def test_a_sweep_killed_with_sigkill_resumes_every_run_exactly_once(tmp_path):
         assert rec["status"] == "complete" and validate_record(rec, "glue_score") == []
         same_fields(rec, want)
     assert not list(results.glob("**/*.ckpt"))  # checkpoints removed once their record is complete
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["progress"].update({"extra": 1}),
+        lambda m: m.pop("rng"),
+        lambda m: m["progress"].update({"step": str(m["progress"]["step"])}),
+    ],
+    ids=["extra-progress-key", "no-rng", "step-as-string"],
+)
+def test_a_checkpoint_of_the_wrong_shape_is_set_aside_and_the_run_starts_afresh(tmp_path, monkeypatch, edit):
+    cfg = glue_config("lora-r2", max_steps=6, eval_every=3)
+    path = run_path(tmp_path, "smoke", "glue", "lora-r2", 0, 1e-3, "cola")
+    with monkeypatch.context() as m:
+        interrupt_at(m, 5)
+        with pytest.raises(KeyboardInterrupt):
+            train_mod.run(cfg, seed=0, lr=1e-3, profile="smoke", results_dir=tmp_path, progress=False)
+    d = ckpt.checkpoint_dir(path)
+    meta = json.loads((d / ckpt.META).read_text())
+    owner = meta["owner"]
+    edit(meta)
+    (d / ckpt.META).write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        assert ckpt.load(d, owner) is None
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        rec = train_mod.run(cfg, seed=0, lr=1e-3, profile="smoke", results_dir=tmp_path, progress=False)
+    assert rec["status"] == "complete" and validate_record(rec) == []

@@ -444,3 +444,226 @@ def test_an_example_free_hub_split_is_a_glue_data_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: []))
     with pytest.raises(GlueFormatError, match=r"nyu-mll/glue\[cola/validation\].*no rows"):
         load_hub_split("cola", "test")
+
+
+# -- records are checked on every read (a hand edit, a copy into another run's slot) ------------------------------
+
+CS_RECORD = "smoke/commonsense/lora-r1/seed0_lr1e-3.json"
+
+
+def _edit(s: Scratch, relative: str, change: Callable[[dict], object]) -> Path:
+    path = s.results / relative
+    rec = json.loads(path.read_text())
+    change(rec)
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def _all_correct(rec: dict) -> None:
+    items = rec["test"]["per_task"]["boolq"]["items"]
+    if "correct" in items:
+        items["correct"] = [1] * len(items["correct"])
+    else:
+        items["predictions"] = list(items["labels"])
+
+
+BAD_RECORDS = [
+    ("copied-into-another-experiment", lambda s: shutil.copy(s.results / CS_RECORD,
+                                                              s.results / "smoke/commonsense/full/seed0_lr1e-3.json"),
+     "smoke/commonsense/full/seed0_lr1e-3.json", "experiment is 'lora-r1' but its path says 'full'"),
+    ("nan-in-items", lambda s: _edit(s, CS_RECORD, lambda r: r["test"]["per_task"]["boolq"].update(
+        {"accuracy": float("nan")})), CS_RECORD, "nan"),
+    ("items-edited-to-all-correct", lambda s: _edit(s, CS_RECORD, _all_correct), CS_RECORD, "but its items give"),
+    ("score-edited", lambda s: _edit(s, CS_RECORD, lambda r: r["test"].update({"score": 1.0})), CS_RECORD,
+     "but its tasks give"),
+    ("empty-object", lambda s: s.write(CS_RECORD, "{}", under=s.results), CS_RECORD, "missing status"),
+    ("status-only", lambda s: s.write(CS_RECORD, '{"status": "complete"}', under=s.results), CS_RECORD, "missing"),
+    ("test-not-a-mapping", lambda s: _edit(s, CS_RECORD, lambda r: r.update({"test": [1]})), CS_RECORD, "malformed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("setup,name,problem", [c[1:] for c in BAD_RECORDS], ids=[c[0] for c in BAD_RECORDS])
+def test_a_bad_record_is_named_and_never_used(scratch, capsys, setup, name, problem):
+    """`list` names it in one line and does not count it complete; `tables` leaves it out and names it in
+    table.md; a sweep sets it aside (never deletes it) and runs that run again."""
+    setup(scratch)
+    bad = (scratch.results / name).read_bytes()
+    args = ["--profile", "smoke", "--results-dir", str(scratch.results)]
+    code, err = run_cli(["list", *args], capsys)
+    lines = [line for line in err.splitlines() if "invalid run record" in line]
+    assert code == 0 and len(lines) == 1 and name in lines[0] and problem in lines[0], err
+    code, err = run_cli(["tables", *args], capsys)
+    assert code == 0 and name in err, err
+    table = (scratch.results / "smoke/commonsense/table.md").read_text()
+    assert "Run records left out (1)" in table and name in table
+    code, err = run_cli([*SWEEP, "--results-dir", str(scratch.results)], capsys)
+    assert code == 0, err
+    path = scratch.results / name
+    kept = list(path.parent.glob(path.name + ".invalid-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == bad
+    assert json.loads(path.read_text())["status"] == "complete"
+    assert run_cli(["tables", *args], capsys)[0] == 0
+    assert "left out" not in (scratch.results / "smoke/commonsense/table.md").read_text()
+
+
+def test_a_record_in_another_seeds_slot_is_left_out_of_the_tables(scratch, capsys):
+    src = scratch.results / CS_RECORD
+    shutil.copy(src, src.with_name("seed1_lr1e-3.json"))
+    code, err = run_cli(["tables", "--profile", "smoke", "--results-dir", str(scratch.results)], capsys)
+    assert code == 0 and "seed is 0 but its path says 1" in err, err
+    assert "lora-r1/seed1_lr1e-3.json" in (scratch.results / "smoke/commonsense/table.md").read_text()
+
+
+# -- a complete record is never lost ------------------------------------------------------------------------------
+
+
+def test_a_complete_record_is_never_replaced_by_a_failed_or_interrupted_one(scratch, capsys, monkeypatch):
+    from experiments.cli import Interrupted
+
+    path = scratch.results / CS_RECORD
+    before = path.read_bytes()
+
+    def killed(cfg, *, seed, profile, progress=True):
+        raise Interrupted(15)
+
+    def broken(cfg, *, seed, profile, progress=True):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(train_mod, "train_and_evaluate", killed)
+    assert run_cli([*RUN, "--force", "--results-dir", str(scratch.results)], capsys)[0] == 143
+    assert path.read_bytes() == before
+    monkeypatch.setattr(train_mod, "train_and_evaluate", broken)
+    with pytest.raises(RuntimeError, match="complete record .* is kept"):
+        main([*RUN, "--force", "--results-dir", str(scratch.results)])
+    assert path.read_bytes() == before
+    assert not list(path.parent.glob("*.replaced-*"))
+    # a forced rerun that completes keeps the old record beside the new one
+    monkeypatch.setattr(train_mod, "train_and_evaluate", fake_train)
+    assert run_cli([*RUN, "--force", "--results-dir", str(scratch.results)], capsys)[0] == 0
+    kept = list(path.parent.glob(path.name + ".replaced-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == before
+    assert json.loads(path.read_text())["status"] == "complete" and path.read_bytes() != before
+
+
+def test_stale_records_of_one_hash_never_overwrite_each_other(scratch, capsys):
+    """The config flipped A -> B -> A -> B: two records of config A set aside, both kept."""
+    exp = scratch.root / "commonsense" / "lora-r1" / "experiment.yaml"
+    a, b = exp.read_text(), "method: {name: lora, r: 1, lora_dropout: 0.1}\n"
+    path = scratch.results / CS_RECORD
+    firsts = [path.read_bytes()]
+    for text in (b, a, b):
+        exp.write_text(text)
+        assert run_cli([*SWEEP, "--results-dir", str(scratch.results)], capsys)[0] == 0
+        firsts.append(path.read_bytes())
+    kept = sorted(path.parent.glob(path.name + ".stale-*"))
+    assert len(kept) == 3
+    assert sorted(k.read_bytes() for k in kept) == sorted(firsts[:3])
+
+
+# -- concurrent sweeps on one folder -----------------------------------------------------------------------------
+
+
+def _counting_train(calls: list, delay: float = 0.05):
+    import threading
+    import time
+
+    lock = threading.Lock()
+
+    def train(cfg, *, seed, profile, progress=True):
+        with lock:
+            calls.append((cfg.name, cfg.task, seed, cfg.train.lr))
+        time.sleep(delay)  # long enough for the other sweeps to reach the same run
+        return fake_train(cfg, seed=seed, profile=profile)
+
+    return train
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_concurrent_sweeps_split_the_work_and_train_no_run_twice(scratch, monkeypatch, n):
+    import threading
+
+    from experiments.harness import sweep as sweep_mod
+
+    calls: list = []
+    monkeypatch.setattr(train_mod, "train_and_evaluate", _counting_train(calls))
+    results = scratch.results.parent / "together"
+    notes: list[str] = []
+    summaries = []
+
+    def one() -> None:
+        summaries.append(sweep_mod.sweep("glue", "smoke", results, jobs=1, progress=False, log=notes.append))
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(summaries) == n
+    assert len(calls) == len(set(calls)), "a run was trained twice"
+    records = list(results.rglob("seed*_lr*.json"))
+    assert len(records) == len(calls) and {json.loads(p.read_text())["status"] for p in records} == {
+        "complete"
+    }
+    assert not list(results.rglob("*.lock")) and not any("FAILED" in x for x in notes), notes
+    assert sum(s["tune"].get("locked", 0) for s in summaries) > 0  # they did meet
+
+
+def test_a_run_locked_by_a_live_process_is_skipped_and_a_stale_lock_is_broken(scratch, capsys, monkeypatch):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from experiments.harness.runlock import lock_path
+
+    record = scratch.results.parent / "locked" / CS_RECORD
+    lock = lock_path(record)
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    argv = [*RUN, "--results-dir", str(scratch.results.parent / "locked")]
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and "is being run by pid" in err and not record.exists(), err
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert run_cli(argv, capsys)[0] == 0
+    assert json.loads(record.read_text())["status"] == "complete" and not lock.exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "--profile", "smoke", "--experiment", "../glue/lora-r2", "--lr", "1e-3"], ("not a plain name",)),
+    (["run", "--profile", "smoke", "--experiment", "lora-r1/../full", "--lr", "1e-3"], ("not a plain name",)),
+    (["run", "--profile", "smoke", "--experiment", "..", "--lr", "1e-3"], ("not a plain name",)),
+    (["run", "--family", "glue", "--profile", "smoke", "--experiment", "lora-r2", "--task", "../cola", "--lr", "1e-3"],
+     ("task '../cola' is not in profile smoke",)),
+    ([*RUN, "--seed", "4294967296"], ("--seed", "must be < 4294967296")),
+])  # fmt: skip
+def test_names_and_seeds_out_of_bounds_are_one_line(scratch, capsys, argv, expected):
+    check_one_line(scratch, capsys, argv, *expected)
+    assert not (scratch.results / "smoke" / "glue" / "lora-r2" / "seed0_lr1e-3.json").exists()
+
+
+def test_a_full_disk_during_tables_is_one_line_and_keeps_what_was_there(scratch, capsys, monkeypatch):
+    import errno
+    import os
+
+    args = ["tables", "--profile", "smoke", "--results-dir", str(scratch.results)]
+    assert run_cli(args, capsys)[0] == 0
+    out = scratch.results / "smoke" / "commonsense"
+    before = {k: v for k, v in snapshot(out).items() if "/" not in k}  # the generated files
+    (scratch.results / CS_RECORD).unlink()  # the tables would change
+    real = os.fdopen
+
+    def full(fd, *a, **k):
+        f = real(fd, *a, **k)
+        if "b" in (a[0] if a else k.get("mode", "")):
+            f.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return f
+
+    monkeypatch.setattr(os, "fdopen", full)
+    code, err = run_cli(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "the disk is full" in lines[0], err
+    monkeypatch.setattr(os, "fdopen", real)
+    assert {k: v for k, v in snapshot(out).items() if "/" not in k} == before  # none truncated, no temp file

@@ -166,3 +166,30 @@ def test_configs_and_model_args_never_trust_remote_code():
                     if pattern.search(text):
                         problems.append(f"{path.relative_to(ROOT)}:{i}")
     assert problems == []
+
+
+def test_a_yaml_alias_bomb_in_a_profile_is_one_line_promptly(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import experiments.harness.config as config_mod
+    from experiments.cli import main
+
+    root = tmp_path / "exps"
+    shutil.copytree(
+        config_mod.family_dir("glue"), root / "glue", ignore=shutil.ignore_patterns("*.py", "__pycache__")
+    )
+    monkeypatch.setattr(config_mod, "EXPERIMENTS_ROOT", root)
+    levels = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    bomb = "\n".join(levels) + "\nbomb:\n  description: *a9\n"  # 10**9 strings once expanded
+    (root / "glue" / "profiles.yaml").write_text(bomb + (root / "glue" / "profiles.yaml").read_text())
+    capsys.readouterr()
+    assert main(["list", "--family", "glue", "--profile", "smoke", "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "alias bomb" in err[0] and "profiles.yaml" in err[0], err
+
+
+def test_shipped_yaml_with_aliases_still_reads():
+    from experiments.harness.profiles import load_profile
+
+    assert load_profile("dreambooth", "paper").overrides

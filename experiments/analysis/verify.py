@@ -9,6 +9,7 @@ difference inside that interval is what a faithful reproduction looks like.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from experiments.harness.errors import MissingFileError
 from experiments.harness.profiles import experiment_config, load_profile
-from experiments.harness.records import iter_records, read_record
+from experiments.harness.records import check_record, iter_records, read_record
 from experiments.harness.registry import get_family
 from experiments.report import stats
 
@@ -62,8 +63,16 @@ def verify(family: str, profile_name: str, results_dir: Path, scratch: Path, *, 
     from experiments.harness.train import run
 
     profile = load_profile(family, profile_name)
-    records = [r for p in iter_records(results_dir / profile.name / family) if (r := read_record(p))
-               and r.get("status") == "complete"]  # fmt: skip
+    fam = get_family(family)
+    records = []
+    for p in iter_records(results_dir / profile.name / family):
+        r = read_record(p)
+        if r is None or r.get("status") != "complete":
+            continue
+        if problems := check_record(p, r, fam):  # a record that does not check is never rerun as a reference
+            print(f"invalid run record {p}: {'; '.join(problems)} (not verified)", file=sys.stderr)
+            continue
+        records.append(r)
     if not records:
         raise MissingFileError(f"no complete records under {results_dir / profile.name / family}")
     sample = pick_sample(records, experiments or list(profile.verify), n)

@@ -138,6 +138,35 @@ def save(
             old.unlink(missing_ok=True)
 
 
+META_KEYS = {"format", "owner", "tensors", "progress", "optimizer", "scheduler", "accelerator_step", "scaler",
+             "method", "rng"}  # fmt: skip
+PROGRESS_TYPES = {"step": int, "micro_batches": int, "examples": int, "train_time_s": (int, float), "curve": list,
+                  "lrs": list, "best_score": (int, float, type(None)), "best_step": (int, type(None))}  # fmt: skip
+
+
+def _check_shape(meta: Any) -> None:
+    """A checkpoint.json that parses but is not one this module writes (a hand edit, another version) raises
+    ValueError, so that it is set aside like an unparseable one instead of failing the run on every retry."""
+    if not isinstance(meta, dict) or set(meta) != META_KEYS:
+        raise ValueError(f"keys {sorted(meta) if isinstance(meta, dict) else type(meta).__name__}, expected "
+                         f"{sorted(META_KEYS)}")  # fmt: skip
+    progress = meta["progress"]
+    if not isinstance(progress, dict) or set(progress) != set(PROGRESS_TYPES):
+        raise ValueError(f"progress keys {sorted(progress) if isinstance(progress, dict) else progress!r}")
+    for key, tp in PROGRESS_TYPES.items():
+        if not isinstance(progress[key], tp) or isinstance(progress[key], bool):
+            raise ValueError(f"progress.{key} is {type(progress[key]).__name__}")
+    rng = meta["rng"]
+    if not isinstance(rng, dict) or set(rng) != {"python", "numpy"}:
+        raise ValueError("rng must hold the python and numpy states")
+    if (
+        not isinstance(meta["tensors"], str)
+        or "/" in meta["tensors"]
+        or not isinstance(meta["optimizer"], dict)
+    ):
+        raise ValueError("tensors must name a file beside it; optimizer must be a mapping")
+
+
 @dataclass
 class Restored:
     progress: Progress
@@ -159,6 +188,7 @@ def load(directory: Path, owner: dict[str, Any]) -> Restored | None:
             warnings.warn(f"{directory}: checkpoint of another config ({meta.get('owner')}); starting afresh",
                           stacklevel=2)  # fmt: skip
             return None
+        _check_shape(meta)
         tensors = load_file(directory / meta["tensors"])
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:  # truncated, foreign or absent
         warnings.warn(

@@ -253,11 +253,51 @@ def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
         raise ConfigError(src(key), key, problem)
 
 
+def check_plain_name(name: str, what: str, folder: Path) -> None:
+    """An experiment or task name is a plain name: no path separator, no `..`, nothing that resolves outside the
+    family's folder (`--experiment ../glue/lora-r2` would write one family's run into another's folder)."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or (folder / name).resolve().parent != folder.resolve()):  # fmt: skip
+        raise ConfigError(folder, what, f"{name!r} is not a plain name (no path separators or '..')")
+
+
+MAX_YAML_NODES = 100_000  # a config is a few hundred nodes; a billion-laughs alias bomb is 10**9
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """The number of nodes `node` stands for once its aliases are expanded (linear time: shared nodes are sized
+    once; a node inside itself counts once). Stops counting past the limit."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [x for pair in node.value for x in pair]
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, memo)
+        if total > MAX_YAML_NODES:
+            break
+    memo[id(node)] = total
+    return total
+
+
 def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise MissingFileError(f"config file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text())
+        loader = yaml.SafeLoader(path.read_text())
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
+                raise ConfigError(path, "<yaml>", f"its aliases expand to more than {MAX_YAML_NODES:,} nodes "
+                                  "(an alias bomb?)")  # fmt: skip
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         raise ConfigError(path, "<yaml>", f"not valid YAML: {e}") from e
     except UnicodeDecodeError as e:
@@ -291,6 +331,9 @@ def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any]
     check_layer(profile_overrides, profile_source, sections)
     task_source = f"{profile_source}.tasks.{task}"
     check_layer(task_overrides, task_source, sections)
+    check_plain_name(name, "experiment", fdir)
+    if task is not None:
+        check_plain_name(task, "task", fdir)
     exp_path = fdir / name / "experiment.yaml"
     if inline is not None:
         exp_path = Path(f"{profile_source}.every_method.{name}")

@@ -16,7 +16,7 @@ from typing import Any
 from baselines import build_method
 from experiments.harness.config import ExperimentConfig, config_hash, with_overrides
 from experiments.harness.profiles import Profile, experiment_config, load_profile
-from experiments.harness.records import read_record, run_path
+from experiments.harness.records import check_record, read_record, run_path
 from experiments.harness.registry import get_family
 
 Key = tuple[str, str | None]  # (experiment, task); task is None for families that score every task per run
@@ -35,24 +35,24 @@ class PlannedRun:
     stage: str  # "tune" (grid x tune seeds) or "final" (other seeds at the chosen rate)
     path: Path
     config_hash: str
+    family: str
 
     def status(self) -> str:
-        """missing / complete / failed / interrupted / stale (complete, but for a config that has changed)."""
+        """missing / complete / failed / interrupted / stale (complete, but for a config that has changed) /
+        invalid (a record that does not check: `check_record`; run again, the bad one set aside)."""
         rec = read_record(self.path)
         if rec is None:
             return "missing"
+        if self.problems(rec):
+            return "invalid"
         if rec.get("status") == "complete" and rec.get("config_hash") != self.config_hash:
             return "stale"
         return str(rec.get("status"))
 
-    def set_aside_stale(self) -> Path | None:
-        """Move a stale record out of the way (kept beside the new one, never overwritten)."""
-        if self.status() != "stale":
-            return None
-        rec = read_record(self.path) or {}
-        dest = self.path.with_name(f"{self.path.name}.stale-{rec.get('config_hash') or 'unhashed'}")
-        self.path.replace(dest)
-        return dest
+    def problems(self, rec: dict[str, Any] | None = None) -> list[str]:
+        """Why the record at this run's path cannot be trusted (empty when it can, or when there is none)."""
+        rec = read_record(self.path) if rec is None else rec
+        return [] if rec is None else check_record(self.path, rec, get_family(self.family))
 
 
 def load_configs(profile: Profile) -> dict[Key, ExperimentConfig]:
@@ -72,7 +72,7 @@ def _planned(
     profile: Profile, key: Key, cfg: ExperimentConfig, seed: int, lr: float, stage: str, results_dir: Path
 ) -> PlannedRun:
     path = run_path(results_dir, profile.name, profile.family, key[0], seed, lr, key[1])
-    return PlannedRun(key[0], key[1], seed, lr, stage, path, planned_hash(cfg, lr))
+    return PlannedRun(key[0], key[1], seed, lr, stage, path, planned_hash(cfg, lr), profile.family)
 
 
 def tune_plan(profile: Profile, configs: dict[Key, ExperimentConfig], results_dir: Path) -> list[PlannedRun]:
@@ -145,6 +145,7 @@ def plan_status(family: str, profile_name: str, results_dir: str | Path) -> list
             "stage": r.stage,
             "status": r.status(),
             "path": str(r.path),
+            "problems": r.problems(),
         }
         for r in tune_plan(profile, configs, results_dir) + final
     ]
@@ -160,6 +161,7 @@ def plan_status(family: str, profile_name: str, results_dir: str | Path) -> list
                     "stage": "final",
                     "status": "awaiting lr choice",
                     "path": "",
+                    "problems": [],
                 }
                 for s in pending
             ]

@@ -11,6 +11,8 @@ import re
 import resource
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -178,6 +180,95 @@ def validate_record(record: dict[str, Any], primary_metric: str | None = None) -
             if not isinstance(counts.get(key), int):
                 problems.append(f"param_counts.{key} missing")
     return problems
+
+
+def check_record(path: Path, record: dict[str, Any], family: Any) -> list[str]:
+    """Every reason not to trust a record read from `path` (empty when none): its schema (`validate_record`), its
+    (profile, family, experiment, task, seed, lr) against its path (a record copied into another run's slot), no
+    NaN or infinity in its test results or validation curve, and, for a complete record, each task's primary
+    metric recomputed from its per-item arrays by the family's own rule and the score from them. `family`: the
+    registered family class (its `primary_metric`, `one_task_per_run` and `task_scores`)."""
+    import numpy as np
+
+    try:
+        problems = validate_record(record, family.primary_metric)
+    except (AttributeError, TypeError) as e:  # a section of the wrong type where validate_record looks inside
+        return [f"malformed ({type(e).__name__}: {e})"]
+    folder, task = path.parent, None
+    if family.one_task_per_run:
+        task, folder = folder.name, folder.parent
+    # The profile is not compared: a profile's records may be copied into another's folder on purpose (the
+    # committed `pilot-cola` runs are `cpu` ones); the run they stand for is (family, experiment, task, seed, lr).
+    expected = {"experiment": folder.name, "task": task, "family": folder.parent.name}
+    for key, want in expected.items():
+        if record.get(key) != want:
+            problems.append(f"{key} is {record.get(key)!r} but its path says {want!r}")
+    name = RECORD_NAME.match(path.name)
+    if name and record.get("seed") != int(name[1]):
+        problems.append(f"seed is {record.get('seed')!r} but its path says {int(name[1])}")
+    if name and (not isinstance(record.get("lr"), float) or lr_tag(record["lr"]) != name[2]):
+        problems.append(f"lr is {record.get('lr')!r} but its path says {name[2]}")
+    for where, value in _numbers(record.get("test"), "test") if isinstance(record.get("test"), dict) else ():
+        if not math.isfinite(value):
+            problems.append(f"{where} is {value}")
+    for where, value in _numbers(record.get("validation_curve"), "validation_curve"):
+        if not math.isfinite(value):
+            problems.append(f"{where} is {value}")
+    if problems or record.get("status") != "complete":
+        return problems
+    test, metric = record["test"], family.primary_metric
+    per_task = []
+    for task_name, r in test["per_task"].items():
+        try:
+            arrays = {k: np.asarray(v) for k, v in r["items"].items()}
+            recomputed = float(family.task_scores(task_name, arrays, np.arange(r["n"])[None, :])[0])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            problems.append(
+                f"test.per_task.{task_name}: its items cannot be scored ({type(e).__name__}: {e})"
+            )
+            continue
+        if not math.isclose(recomputed, r[metric], rel_tol=1e-9, abs_tol=1e-12):
+            problems.append(
+                f"test.per_task.{task_name}.{metric} is {r[metric]!r} but its items give {recomputed!r}"
+            )
+        per_task.append(r[metric])
+    if per_task and not problems:
+        mean = sum(per_task) / len(per_task)  # unweighted over tasks, as train.py computes it
+        if not math.isclose(mean, test["score"], rel_tol=1e-9, abs_tol=1e-12):
+            problems.append(f"test.score is {test['score']!r} but its tasks give {mean!r}")
+    return problems
+
+
+def _numbers(value: Any, where: str) -> Iterator[tuple[str, float]]:
+    """(location, number) of every float inside `value` (nested dicts and lists)."""
+    if isinstance(value, float):
+        yield where, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numbers(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _numbers(v, f"{where}[{i}]")
+
+
+def utc_stamp() -> str:
+    """A UTC time for a file name: 20250101T120000.123456Z."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def set_aside(path: Path, suffix: str) -> Path:
+    """Move the record at `path` to `<name>.<suffix>` beside it, never over an existing file (`<suffix>-2`,
+    `-3`, ... when the name is taken: a config flipped A -> B -> A -> B sets aside two records of one hash)."""
+    n = 1
+    while True:
+        dest = path.with_name(f"{path.name}.{suffix}" + (f"-{n}" if n > 1 else ""))
+        try:
+            os.link(path, dest)  # fails if `dest` exists, where a rename would replace it
+        except FileExistsError:
+            n += 1
+            continue
+        path.unlink()
+        return dest
 
 
 @cache

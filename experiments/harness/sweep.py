@@ -1,7 +1,8 @@
 """Sweeps: run what the plan (`plan.py`) says is missing or stale, in this process, in subprocesses or as SLURM
 jobs; then choose each rate and run the other seeds. Resumable: a killed sweep resumes where it stopped and a
 complete, current run is never repeated. A stale record (its config has changed since) is kept beside the new
-one as `<name>.json.stale-<hash>`, never overwritten.
+one as `<name>.json.stale-<hash>`, never overwritten. Each run holds its lock while it runs (`runlock.py`): sweeps
+sharing a folder split the work, a run another live process holds is skipped with a note.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from experiments.harness.plan import (
     final_plan,
     key_label,
     load_configs,
+    planned_hash,
     selected_lr_path,
     tune_plan,
 )
@@ -29,6 +31,7 @@ from experiments.harness.preflight import preflight
 from experiments.harness.profiles import Profile, experiment_config, load_profile
 from experiments.harness.records import check_results_dir, iter_records, read_record, run_path, write_atomic
 from experiments.harness.registry import get_family
+from experiments.harness.runlock import RunLockedError, holder
 
 Executor = Callable[[PlannedRun], None]
 
@@ -46,6 +49,7 @@ def _in_process(
             profile=profile.name,
             results_dir=results_dir,
             progress=progress,
+            rerun_complete=False,  # finished by another sweep on this folder meanwhile: not again
         )
 
     return execute
@@ -116,10 +120,12 @@ def run_one(
     cfg = experiment_config(prof, experiment, task)
     preflight([cfg])  # method, data, model and schedule, before anything trains
     path = run_path(results_dir, prof.name, family, experiment, seed, lr, task)
-    existing = read_record(path)
-    if existing and existing.get("status") == "complete" and not force:
+    planned = PlannedRun(experiment, task, seed, lr, "run", path, planned_hash(cfg, lr), family)
+    if planned.status() == "complete" and not force:
         return path, None
-    return path, run(cfg, seed=seed, lr=lr, profile=prof.name, results_dir=results_dir, progress=progress)
+    rec = run(cfg, seed=seed, lr=lr, profile=prof.name, results_dir=results_dir, progress=progress,
+              rerun_complete=force)  # fmt: skip
+    return path, rec
 
 
 def _job(request: tuple[tuple[str, Any], ...]) -> None:
@@ -174,18 +180,36 @@ def execute_runs(
 ) -> dict[str, int]:
     """Run every run that is not complete and current; failures are recorded in their files and do not stop
     the sweep."""
-    todo = [r for r in runs if r.status() != "complete"]
-    counts = {"skipped": len(runs) - len(todo), "complete": 0, "failed": 0}
+    todo = []
+    for r in runs:
+        status = r.status()
+        if status == "invalid":  # named here; the run sets it aside (never deletes it) and runs again
+            log(f"invalid run record {r.path}: {'; '.join(r.problems())}")
+        if status != "complete":
+            todo.append(r)
+    counts = {"skipped": len(runs) - len(todo), "complete": 0, "failed": 0, "locked": 0}
 
     def one(r: PlannedRun) -> None:
         label = key_label((r.experiment, r.task))
-        moved = r.set_aside_stale()
-        if moved:
-            log(f"stale record kept as {moved.name}")
+        owner = holder(r.path)
+        if owner is not None:
+            log(
+                f"skip {label} seed={r.seed} lr={r.lr:g}: being run by pid {owner.get('pid')} on {owner.get('host')}"
+            )
+            counts["locked"] += 1
+            return
         log(f"run {label} seed={r.seed} lr={r.lr:g} ({r.stage})")
         try:
             executor(r)
+        except RunLockedError as e:  # taken by another sweep since the look above
+            log(f"  skip {label} seed={r.seed} lr={r.lr:g}: {e}")
+            counts["locked"] += 1
+            return
         except Exception as e:  # recorded in the run's file by the runner (CalledProcessError included)
+            if r.status() != "complete" and holder(r.path) is not None:  # a `run` subprocess found it locked
+                log(f"  skip {label} seed={r.seed} lr={r.lr:g}: being run by another process")
+                counts["locked"] += 1
+                return
             log(f"  FAILED {label} seed={r.seed} lr={r.lr:g}: {e}")
         counts["complete" if r.status() == "complete" else "failed"] += 1
 
@@ -195,6 +219,8 @@ def execute_runs(
     else:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             list(pool.map(one, todo))
+    if not counts["locked"]:
+        del counts["locked"]  # named only when another sweep held some
     return counts
 
 

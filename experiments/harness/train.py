@@ -22,17 +22,22 @@ from tqdm.auto import tqdm
 from baselines import build_method
 from experiments.harness import checkpoint as ckpt
 from experiments.harness.config import ExperimentConfig, config_hash, with_overrides
-from experiments.harness.errors import DivergedError
+from experiments.harness.errors import CorruptRecordError, DivergedError
 from experiments.harness.records import (
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
+    check_record,
     peak_memory_mib,
     provenance,
+    read_record,
     run_path,
+    set_aside,
+    utc_stamp,
     validate_record,
     write_atomic,
 )
 from experiments.harness.registry import get_family
+from experiments.harness.runlock import run_lock
 from experiments.harness.schedule import lr_scheduler, total_steps
 
 
@@ -223,13 +228,52 @@ def run(
     profile: str,
     results_dir: str | Path,
     progress: bool = True,
+    rerun_complete: bool = True,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train and evaluate one (experiment, seed, lr) and write its record; a failure or an interrupt is
-    recorded as such (and retried by the next sweep), never left as a half-written file."""
+    recorded as such (and retried by the next sweep), never left as a half-written file.
+
+    The run holds its lock (`runlock.py`) from the first look at its record to the last write, so that sweeps
+    sharing a folder never train one run twice or touch each other's checkpoint (RunLockedError: a live process
+    holds it). Under the lock, what is at the record's path is never lost: a record that does not check
+    (`check_record`) is set aside as `.invalid-<time>`, a stale one as `.stale-<hash>`; a complete, current one
+    is returned untouched unless `rerun_complete`, and then kept until the new record is complete (as
+    `.replaced-<time>`); a complete record is never replaced by a failed or interrupted one."""
     cfg = with_overrides(cfg, train={"lr": float(lr)})
     fam = get_family(cfg.family)
     path = run_path(results_dir, profile, cfg.family, cfg.name, seed, lr, cfg.task)
     resolved = dict(build_method(cfg.method.name, **cfg.method.params).params)
+    main = _is_main_process()  # under `accelerate launch` every process trains; one writes
+    if not main:  # the main process holds the lock and looks after the record; the others only train
+        return _run(
+            cfg, fam, path, resolved, seed=seed, lr=lr, profile=profile, progress=progress, main=False
+        )
+    with run_lock(path):
+        existing = read_record(path)
+        this_hash = config_hash(cfg, resolved)
+        if existing is not None:
+            problems = check_record(path, existing, fam)
+            if problems:
+                moved = set_aside(path, f"invalid-{utc_stamp()}")
+                log(f"  invalid record {path} ({problems[0]}) set aside as {moved.name}")
+            elif existing.get("status") == "complete" and existing.get("config_hash") != this_hash:
+                moved = set_aside(path, f"stale-{existing.get('config_hash') or 'unhashed'}")
+                log(f"  stale record kept as {moved.name}")
+            elif existing.get("status") == "complete" and not rerun_complete:
+                return existing  # another process finished it meanwhile
+        return _run(cfg, fam, path, resolved, seed=seed, lr=lr, profile=profile, progress=progress, main=True)
+
+
+def _complete_at(path: Path) -> bool:
+    try:
+        return (read_record(path) or {}).get("status") == "complete"
+    except CorruptRecordError:
+        return False
+
+
+def _run(cfg: ExperimentConfig, fam: Any, path: Path, resolved: dict[str, Any], *, seed: int, lr: float,
+         profile: str, progress: bool, main: bool) -> dict[str, Any]:  # fmt: skip
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "family": cfg.family,
@@ -246,7 +290,6 @@ def run(
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     t0 = time.perf_counter()
-    main = _is_main_process()  # under `accelerate launch` every process trains; one writes
     # Checkpointing is opt-in (train.checkpoint_every); the keyword is passed only then, so a stand-in for
     # train_and_evaluate (tests) needs no checkpoint argument.
     ckpt_dir = ckpt.checkpoint_dir(path)
@@ -260,10 +303,10 @@ def run(
         problems = validate_record(record, fam.primary_metric)
         if problems:  # a bug in the harness, not in the run: fail loudly rather than write a bad record
             raise RuntimeError(f"run record for {path} does not match the schema: {problems}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         record |= {"status": "interrupted", "wall_time_s": time.perf_counter() - t0}
         if main:
-            write_atomic(path, record)
+            _write_unless_complete(path, record, e)
         raise
     except Exception as e:
         # Only the fields every record has survive into a failed record (a half-filled result would mislead).
@@ -275,13 +318,24 @@ def run(
             "wall_time_s": time.perf_counter() - t0,
         }
         if main:
-            write_atomic(path, record)
-        e.add_note(f"(run recorded as failed in {path})")
+            _write_unless_complete(path, record, e)
         raise
     if main:
+        if _complete_at(path):  # `--force`: the old record was kept until now
+            set_aside(path, f"replaced-{utc_stamp()}")
         write_atomic(path, record)
         ckpt.remove(ckpt_dir)  # the record is complete: its checkpoint has served
     return record
+
+
+def _write_unless_complete(path: Path, record: dict[str, Any], e: BaseException) -> None:
+    """Record a failed or interrupted run, unless a complete record is there (`--force` of a complete run):
+    that one is kept, and the failure is only reported."""
+    if _complete_at(path):
+        e.add_note(f"(the complete record {path} is kept)")
+        return
+    write_atomic(path, record)
+    e.add_note(f"(run recorded as {record['status']} in {path})")
 
 
 def _is_main_process() -> bool:

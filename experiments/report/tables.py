@@ -31,8 +31,12 @@ timestamps): regenerating from the same records changes no byte.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
+import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +45,11 @@ from typing import Any
 import numpy as np
 
 from experiments.harness.config import family_dir, read_yaml
+from experiments.harness.errors import UsageError
 from experiments.harness.lockcheck import off_lock
 from experiments.harness.plan import Key, choose_lr, key_label, load_configs
 from experiments.harness.profiles import Profile, load_profile
-from experiments.harness.records import iter_records, read_record
+from experiments.harness.records import check_record, iter_records, read_record
 from experiments.harness.registry import Family, get_family
 from experiments.report import stats
 
@@ -56,18 +61,30 @@ VERDICTS = ("supported", "excluded", "inconclusive", "not exercised")
 
 # -- loading ----------------------------------------------------------------------------------------------------
 def load_runs(
-    profile: Profile, results_dir: Path
+    profile: Profile, results_dir: Path, invalid: list[tuple[str, str]] | None = None
 ) -> tuple[dict[str, list[dict]], dict[Key, Any], list[dict]]:
     """Complete, current records at each (experiment, task)'s chosen rate, grouped by experiment; the choices;
-    and every record (for the log)."""
+    and every record (for the log). A record that does not check (`check_record`: schema, its path, its score
+    against its items, no NaN) is left out, named in one line on stderr, and appended to `invalid` as
+    (path, first problem) for the tables to name."""
     configs = load_configs(profile)
     base = results_dir / profile.name / profile.family
+    fam = get_family(profile.family)
     every = []
     for path in iter_records(base):
         rec = read_record(path)
-        if rec is not None:
-            rec["_path"] = str(path.relative_to(results_dir))
-            every.append(rec)
+        if rec is None:
+            continue
+        problems = check_record(path, rec, fam)
+        if problems:
+            print(
+                f"invalid run record {path}: {'; '.join(problems)} (left out of the tables)", file=sys.stderr
+            )
+            if invalid is not None:
+                invalid.append((str(path.relative_to(results_dir)), problems[0]))
+            continue
+        rec["_path"] = str(path.relative_to(results_dir))
+        every.append(rec)
     chosen = {key: choose_lr(profile, key, cfg, results_dir) for key, cfg in configs.items()}
     runs: dict[str, list[dict]] = {}
     # Runs of models with random weights (tiny test models) are checks of the code, never findings.
@@ -426,7 +443,8 @@ def write_tables(
     fam = get_family(family)
     out_dir = results_dir / profile.name / family
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs, chosen, every = load_runs(profile, results_dir)
+    invalid: list[tuple[str, str]] = []
+    runs, chosen, every = load_runs(profile, results_dir, invalid)
     written = [_write_log(every, out_dir / "LOG.md", profile.name, family)]
     written += fam.write_artifacts([r for r in every if r.get("status") == "complete"], out_dir)
     if not runs:
@@ -435,7 +453,7 @@ def write_tables(
         why = (f"its {random} run record(s) are of models with random weights (checks of the code, not findings)"
                if random else "no complete runs at a chosen learning rate yet")  # fmt: skip
         _write(note, f"# {family} / {profile.name}\n\nNo table: {why}. Run `make reproduce FAMILY={family} "
-                     f"PROFILE={profile.name}` with real models.\n")  # fmt: skip
+                     f"PROFILE={profile.name}` with real models.\n" + _invalid_md(invalid))  # fmt: skip
         return [*written, note]
     rows, scores, tasks = summarize(fam, runs, n_boot)
     margin, claims = load_claims(family)
@@ -464,9 +482,12 @@ def write_tables(
                     f"{r['score']:.2f}", f"{r['ci_low']:.2f}", f"{r['ci_high']:.2f}", _fmt(r["seed_sd"], ".2f"),
                     *(f"{r['per_task'][t]:.2f}" for t in tasks), *pm_cells])  # fmt: skip
     _write(out_dir / "table.csv", table_csv.getvalue())
-    _write(out_dir / "table.md", _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules))
+    _write(out_dir / "table.md",
+           _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules) + _invalid_md(invalid))  # fmt: skip
     _write(out_dir / "verdict.md", _verdict_md(fam, profile, rows, judged, header, rules))
-    _plot(fam, rows, scores, tasks, out_dir / "score_vs_params.png", f"{family} / {profile.name}")
+    png = io.BytesIO()
+    _plot(fam, rows, scores, tasks, png, f"{family} / {profile.name}")
+    _write(out_dir / "score_vs_params.png", png.getvalue())
     summary = {"rows": rows, "verdict": {**judged, "overall": overall(judged)}, "tasks": tasks,
                "chosen_lr": {key_label(k): v for k, v in chosen.items()}}  # fmt: skip
     if rules:
@@ -488,9 +509,36 @@ def _json_default(x: Any) -> Any:
     raise TypeError(type(x))
 
 
-def _write(path: Path, text: str) -> None:
-    if not path.is_file() or path.read_text() != text:  # untouched files keep their bytes and mtime
-        path.write_text(text)
+def _write(path: Path, content: str | bytes) -> None:
+    """Write a generated file atomically (a temp file in the same folder, then os.replace): a reader, or a full
+    disk, never leaves a half-written file; what was there stays until the new one is whole. An unwritable folder
+    or a full disk is the user's to fix: one line (UsageError)."""
+    data = content.encode() if isinstance(content, str) else content
+    if path.is_file() and path.read_bytes() == data:  # untouched files keep their bytes and mtime
+        return
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise UsageError(f"cannot write {path} ({why}); the files there are kept as they were") from e
+
+
+def _invalid_md(invalid: list[tuple[str, str]]) -> str:
+    """A short section naming the records left out (none: nothing, so that committed tables keep their bytes)."""
+    if not invalid:
+        return ""
+    lines = ["", f"## Run records left out ({len(invalid)}): they do not check", ""]
+    lines += [f"- {path}: {problem}" for path, problem in sorted(invalid)]
+    return "\n".join(lines) + "\n"
 
 
 def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules) -> str:
@@ -729,7 +777,7 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return sorted(keep, key=lambda i: points[i][0])
 
 
-def _plot(fam, rows, scores, tasks, path: Path, title: str) -> None:
+def _plot(fam, rows, scores, tasks, path: Path | io.BytesIO, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -767,7 +815,9 @@ def _plot(fam, rows, scores, tasks, path: Path, title: str) -> None:
     uniq = dict(zip(labels, handles, strict=True))
     axes[0][-1].legend(uniq.values(), uniq.keys(), fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version or time stamp: same bytes on rerun
+    fig.savefig(
+        path, format="png", dpi=110, metadata={"Software": None}
+    )  # no version or time stamp: same bytes on rerun
     plt.close(fig)
 
 
