@@ -186,6 +186,7 @@ def validate_record(record: dict[str, Any], primary_metric: str | None = None) -
 SCORE_RTOL = 1e-5
 SCORE_ATOL = 1e-6  # a score near 0 (1 - d/b with d close to b) carries float32 error in absolute terms
 
+
 def check_record(path: Path, record: dict[str, Any], family: Any) -> list[str]:
     """Every reason not to trust a record read from `path` (empty when none): its schema (`validate_record`), its
     (profile, family, experiment, task, seed, lr) against its path (a record copied into another run's slot), no

@@ -133,7 +133,7 @@ class PlantedRun(Family):
     """Match a teacher whose update along known directions was planted into the base model."""
 
     name = "planted"
-    description = "planted task-specific directions: match a teacher with a known rank-k update (issue 16)"
+    description = "planted task-specific directions: match a teacher with a known rank-k update"
     protocol_version = "planted-v1"
     data_config = PlantedData
     metrics: ClassVar[Mapping[str, Metric]] = {
@@ -142,6 +142,12 @@ class PlantedRun(Family):
         "recovery": Metric("recovery", True, "fraction of the planted directions among those LoRA-Dash chose"),
     }  # fmt: skip
     primary_metric = "matched"
+    # token states of the teacher and the base model, set by the constructor (cached on disk)
+    teacher_train: TokenStates
+    teacher_val: TokenStates
+    teacher_test: TokenStates
+    base_val: TokenStates
+    base_test: TokenStates
     validation_metrics: ClassVar[Mapping[str, Metric]] = {
         "val_loss": Metric("val_loss", False),
         "val_matched": Metric("val_matched", True),
