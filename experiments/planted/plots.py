@@ -71,12 +71,15 @@ def write(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         layers = list(next(iter(dash.values()))[0]["test"]["per_task"][TASK]["recovery_by_layer"])
         fig, ax = plt.subplots(figsize=(10, 5))
         x = np.arange(len(layers))
-        for name, recs in dash.items():
+        # experiments with the same choices (dash-only shares LoRA-Dash's launch; both controls sit at 0) would
+        # draw one line over another: each gets its own marker and dash pattern and a small sideways offset
+        markers, styles = "osD^vP", ("-", "--", ":", "-.")
+        for i, (name, recs) in enumerate(dash.items()):
             vals = np.array([[x_["test"]["per_task"][TASK]["recovery_by_layer"][layer] for layer in layers]
                              for x_ in recs])  # fmt: skip
-            ax.plot(
-                x, vals.mean(0), marker="o", ms=3, label=f"{name} (mean {vals.mean():.2f}, {len(recs)} seeds)"
-            )
+            offset = (i - (len(dash) - 1) / 2) * 0.04
+            ax.plot(x + offset, vals.mean(0), marker=markers[i % len(markers)], ms=4, ls=styles[i % len(styles)],
+                    label=f"{name} (mean {vals.mean():.2f}, {len(recs)} seeds)")  # fmt: skip
         chance = next(iter(dash.values()))[0]["test"]["per_task"][TASK]["recovery_chance"]
         ax.axhline(chance, color="gray", ls="--", label=f"chance s/n = {chance:.3f}")
         short = [n.replace("encoder.layer.", "L").replace("attention.output.dense", "attn.out")
