@@ -111,7 +111,8 @@ def test_a_resumed_run_writes_the_uninterrupted_record(
         assert rec["diagnostics"]["launch_step"] == 3
 
 
-def test_a_checkpoint_of_another_config_or_a_corrupt_one_is_not_used(tmp_path, monkeypatch):
+def interrupted_at_step_5(tmp_path, monkeypatch):
+    """A smoke GLUE run killed at step 5 of 6: its config, record path, checkpoint folder and checkpoint meta."""
     cfg = glue_config("lora-r2", max_steps=6, eval_every=3)
     path = run_path(tmp_path, "smoke", "glue", "lora-r2", 0, 1e-3, "cola")
     with monkeypatch.context() as m:
@@ -119,7 +120,11 @@ def test_a_checkpoint_of_another_config_or_a_corrupt_one_is_not_used(tmp_path, m
         with pytest.raises(KeyboardInterrupt):
             train_mod.run(cfg, seed=0, lr=1e-3, profile="smoke", results_dir=tmp_path, progress=False)
     d = ckpt.checkpoint_dir(path)
-    meta = json.loads((d / ckpt.META).read_text())
+    return cfg, path, d, json.loads((d / ckpt.META).read_text())
+
+
+def test_a_checkpoint_of_another_config_or_a_corrupt_one_is_not_used(tmp_path, monkeypatch):
+    cfg, path, d, meta = interrupted_at_step_5(tmp_path, monkeypatch)
     owner = meta["owner"]
     assert ckpt.load(d, owner) is not None
     with pytest.warns(UserWarning, match="another config"):
@@ -254,14 +259,7 @@ def test_a_sweep_killed_with_sigkill_resumes_every_run_exactly_once(tmp_path):
     ids=["extra-progress-key", "no-rng", "step-as-string"],
 )
 def test_a_checkpoint_of_the_wrong_shape_is_set_aside_and_the_run_starts_afresh(tmp_path, monkeypatch, edit):
-    cfg = glue_config("lora-r2", max_steps=6, eval_every=3)
-    path = run_path(tmp_path, "smoke", "glue", "lora-r2", 0, 1e-3, "cola")
-    with monkeypatch.context() as m:
-        interrupt_at(m, 5)
-        with pytest.raises(KeyboardInterrupt):
-            train_mod.run(cfg, seed=0, lr=1e-3, profile="smoke", results_dir=tmp_path, progress=False)
-    d = ckpt.checkpoint_dir(path)
-    meta = json.loads((d / ckpt.META).read_text())
+    cfg, path, d, meta = interrupted_at_step_5(tmp_path, monkeypatch)
     owner = meta["owner"]
     edit(meta)
     (d / ckpt.META).write_text(json.dumps(meta))
