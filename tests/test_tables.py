@@ -479,3 +479,63 @@ def test_malformed_claims_are_named(claim, problem):
     from experiments.report.tables import _claim_problem
 
     assert problem in _claim_problem(claim, get_family("planted"))
+
+
+# -- the rank map's screens ----------------------------------------------------------------------------------------
+def _lora_row(name, rank, method="lora"):
+    return {"experiment": name, "method": method, "rank": rank}
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "effect"),
+    [
+        ([50.0, 51.0], [54.0, 55.0], True),  # gain 4, pooled sd 0.71: above 3 sd
+        ([50.0, 51.0], [51.5, 52.5], False),  # gain 1.5 < 3 x 0.71 = 2.1
+        ([50.0, 52.0], [55.0, 57.0], True),  # gain 5 > 3 x 1.41 = 4.2
+        ([50.0, 52.0], [53.0, 55.0], False),  # gain 3 < 4.2
+        ([54.0, 55.0], [50.0, 51.0], False),  # a loss is never an effect
+    ],
+)
+def test_rank_effect_is_a_gain_above_three_pooled_seed_sds(low, high, effect):
+    from experiments.report.tables import rank_effects
+
+    rows = [_lora_row("lora-r16", 16), _lora_row("lora-r1", 1), _lora_row("full", None, "full")]
+    got = rank_effects(rows, {"lora-r1": _exact(low), "lora-r16": _exact(high), "full": _exact(high)}, ["t"])
+    assert len(got) == 1
+    (e,) = got
+    assert (e["low"], e["high"], e["effect"]) == ("lora-r1", "lora-r16", effect)
+    assert e["gain"] == pytest.approx(np.mean(high) - np.mean(low))
+    assert e["pooled_seed_sd"] == pytest.approx(np.sqrt((np.var(low, ddof=1) + np.var(high, ddof=1)) / 2))
+
+
+def test_rank_effect_needs_two_ranks_and_two_seeds():
+    from experiments.report.tables import rank_effects
+
+    one = {"lora-r1": _exact([50.0]), "lora-r16": _exact([60.0])}
+    (e,) = rank_effects([_lora_row("lora-r1", 1), _lora_row("lora-r16", 16)], one, ["t"])
+    assert e["effect"] is None and e["pooled_seed_sd"] is None
+    assert rank_effects([_lora_row("lora-r1", 1), _lora_row("loradash-r1", 1, "loradash")], one, ["t"]) == []
+
+
+def test_a_chosen_rate_at_the_end_of_a_grid_is_flagged():
+    from experiments.harness.profiles import load_profile
+    from experiments.report.tables import grid_edges
+
+    profile = load_profile("glue", "rank-map")
+
+    def choice(lr, grid):
+        return {"lr": lr, "scores": {f"{g:g}": 0.5 for g in grid}, "metric": "val_score"}
+
+    chosen = {("a", "cola"): choice(4e-3, [2.5e-4, 1e-3, 4e-3]), ("b", "cola"): choice(1e-3, [2.5e-4, 1e-3, 4e-3]),
+              ("c", "cola"): choice(2.5e-4, [2.5e-4, 1e-3, 4e-3]), ("d", "cola"): choice(2e-3, [1e-3, 2e-3]),
+              ("e", "cola"): None}  # fmt: skip
+    assert grid_edges(profile, chosen) == {"a/cola": "highest", "c/cola": "lowest"}
+
+
+def test_runs_best_at_their_last_validation_are_counted():
+    from experiments.report.tables import last_checkpoint_best
+
+    def rec(best, steps=(100, 200, 300)):
+        return {"best_step": best, "validation_curve": [{"step": s} for s in steps]}
+
+    assert last_checkpoint_best({"a": [rec(300), rec(200)], "b": [rec(100)]}) == {"a": 1, "b": 0}
