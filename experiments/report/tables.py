@@ -286,7 +286,9 @@ def changed_predictions(treatment: stats.ItemTable, control: stats.ItemTable) ->
 RANK_EFFECT_SDS = 3.0  # a rank effect counts when the mean gain exceeds this many seed standard deviations
 
 
-def rank_effects(rows: list[dict], scores: Mapping[str, stats.ExperimentScores], tasks: list[str]) -> list[dict]:
+def rank_effects(
+    rows: list[dict], scores: Mapping[str, stats.ExperimentScores], tasks: list[str]
+) -> list[dict]:
     """Per task, each LoRA rank of the profile against its lowest: the gain in mean score, the pooled seed sd of
     the two experiments (None with one seed each) and whether the gain exceeds RANK_EFFECT_SDS of them. A screen
     of where rank matters (the regime the efficiency claims need), not a verdict: with 2 seeds the sd is rough."""
@@ -327,7 +329,11 @@ def last_checkpoint_best(runs: Mapping[str, list[dict]]) -> dict[str, int]:
     plateaued, so it could have gained from more steps."""
     out = {}
     for exp, recs in runs.items():
-        n = sum(1 for r in recs if (curve := r.get("validation_curve")) and r.get("best_step") == curve[-1]["step"])
+        n = sum(
+            1
+            for r in recs
+            if (curve := r.get("validation_curve")) and r.get("best_step") == curve[-1]["step"]
+        )
         out[exp] = n
     return out
 
