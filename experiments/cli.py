@@ -103,6 +103,17 @@ def opt(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     return flags, kwargs
 
 
+# progress bars: on a terminal by default, off in logs and pipes; either flag decides
+PROGRESS_OPTS = (
+    opt("--progress", action="store_true", help="show progress bars even when stderr is not a terminal"),
+    opt("--no-progress", action="store_true", help="no progress bars"),
+)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return bool(args.progress or (not args.no_progress and sys.stderr.isatty()))
+
+
 def command(
     name: str,
     help: str,
@@ -175,7 +186,8 @@ def _one_line(e: Exception) -> str:
     opt("--seed", type=_int_at_least(0, below=2**32), default=0),  # numpy and torch seeds: < 2**32
     opt("--lr", type=_positive_float, required=True),
     opt("--force", action="store_true", help="rerun even if a complete record exists"),
-    opt("--no-progress", action="store_true"),
+    *PROGRESS_OPTS,
+    opt("--quiet", action="store_true", help=argparse.SUPPRESS),  # the sweep prints its own line per run
 )
 def cmd_run(args: argparse.Namespace) -> int:
     path, rec = run_one(
@@ -187,8 +199,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         lr=args.lr,
         results_dir=args.results_dir,
         force=args.force,
-        progress=not args.no_progress,
+        progress=_progress(args),
     )
+    if args.quiet:
+        return 0
     if rec is None:
         print(f"complete already: {path} (use --force to rerun)")
     else:
@@ -200,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     "sweep",
     "run every missing or stale run of a profile (resumable)",
     opt("--jobs", type=_int_at_least(1), default=None, help="parallel runs (default: the profile's)"),
-    opt("--no-progress", action="store_true"),
+    *PROGRESS_OPTS,
     opt(
         "--executor",
         choices=("local", "slurm"),
@@ -215,7 +229,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.profile,
         args.results_dir,
         jobs=args.jobs,
-        progress=not args.no_progress,
+        progress=_progress(args),
         executor=args.executor,
     )
     failed = summary["tune"]["failed"] + summary["final"]["failed"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -269,11 +270,21 @@ def test_tables_are_deterministic(fam, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("fam", SMOKE_FAMILIES)
-def test_smoke_profile_end_to_end_every_method(fam, tmp_path):
+def test_smoke_profile_end_to_end_every_method(fam, tmp_path, capfd):
     """The real thing, CI-sized: every method of the family's smoke profile trains all-MiniLM-L6-v2 on the
-    shared data, LoRA-Dash crosses its launch, and every run writes a schema-valid record."""
-    summary = sweep_mod.sweep(fam, "smoke", tmp_path, jobs=1, progress=False, log=lambda s: None)
+    shared data, LoRA-Dash crosses its launch, and every run writes a schema-valid record. The console is one
+    line per finished run and a summary: no library load reports, weight-loading bars or known FutureWarnings."""
+    lines: list[str] = []
+    summary = sweep_mod.sweep(fam, "smoke", tmp_path, jobs=1, progress=False, log=lines.append)
     assert summary["tune"] == {"skipped": 0, "complete": n_planned(fam), "failed": 0}
+    n = n_planned(fam)
+    runs = [x for x in lines if x.startswith("[")]
+    assert len(runs) == n and len(lines) == n + 1 and lines[n].splitlines()[0] == f"sweep {fam}/smoke:", lines
+    assert all(re.match(rf"\[{i}/{n} tune\] \S+ seed=0 lr=\S+: \w+ -?\d+\.\d, .* \d+m\d\ds", x)
+               for i, x in enumerate(runs, 1)), runs  # fmt: skip
+    out, err = capfd.readouterr()
+    for noise in ("LOAD REPORT", "Loading weights", "is_gradient_checkpointing", "MISSING"):
+        assert noise not in out + err, (noise, (out + err)[:2000])
     methods = set()
     family_cls = get_family(fam)
     for row in plan_mod.plan_status(fam, "smoke", tmp_path):
@@ -321,3 +332,50 @@ def test_cli_list_run_skip_and_tables(tmp_path, monkeypatch, capsys):
             "1e-3", "--results-dir", str(tmp_path)]  # fmt: skip
     assert main(glue) == 0
     assert read_record(run_path(tmp_path, "smoke", "glue", "lora-r2", 0, 1e-3, "cola"))["task"] == "cola"
+
+
+def test_quiet_libraries_silences_the_load_noise_and_restores_the_settings():
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from experiments.harness.loading import quiet_libraries
+
+    hf_logging.set_verbosity_warning()
+    hf_logging.enable_progress_bar()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_libraries(progress=False):
+            assert hf_logging.get_verbosity() == hf_logging.ERROR and not hf_logging.is_progress_bar_enabled()
+            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+            warnings.warn("something else", FutureWarning)
+    assert [str(w.message) for w in seen] == ["something else"]  # only the known warning is hidden
+    assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled()
+    with quiet_libraries(progress=True):
+        assert hf_logging.is_progress_bar_enabled()
+
+
+def test_a_failed_run_says_why_in_its_line(tmp_path, monkeypatch):
+    """A run whose fresh record does not check, or that raised, is one FAILED line naming the problem."""
+
+    def broken(cfg, *, seed, profile, progress=True):
+        raise RuntimeError("the loss went to nan at step 3")
+
+    monkeypatch.setattr(train_mod, "train_and_evaluate", broken)
+    lines: list[str] = []
+    summary = sweep_mod.sweep("commonsense", "smoke", tmp_path, jobs=1, progress=False, log=lines.append)
+    assert summary["tune"]["failed"] == n_planned("commonsense")
+    fails = [x for x in lines if x.startswith("[")]
+    assert fails and all("FAILED" in x and "the loss went to nan at step 3" in x for x in fails), fails
+
+
+@pytest.mark.parametrize(("flags", "tty", "shown"), [((), True, True), ((), False, False),
+                                                     (("--progress",), False, True), (("--no-progress",), True, False)])  # fmt: skip
+def test_progress_bars_follow_the_terminal_unless_asked(flags, tty, shown, monkeypatch):
+    import sys
+
+    from experiments.cli import _progress, build_parser
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
+    args = build_parser().parse_args(["sweep", "--profile", "smoke", *flags])
+    assert _progress(args) is shown

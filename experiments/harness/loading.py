@@ -9,12 +9,39 @@ unpickled).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
 # The packages whose versions a failure inside the model stack is reported with.
 STACK = ("torch", "transformers", "accelerate", "peft", "diffusers", "kernels")
+
+
+@contextlib.contextmanager
+def quiet_libraries(progress: bool = False) -> Iterator[None]:
+    """While the harness builds a model: transformers' load report (a table of the newly initialised head, with
+    terminal escape codes) and, unless `progress`, its weight-loading bar are off, and peft's read of a
+    transformers property deprecated in 5.x (`is_gradient_checkpointing`, a FutureWarning per run) is not shown.
+    Everything is restored on exit: users calling the libraries themselves see them as usual."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_pretrained(cls: Any, path: Any, **kwargs: Any) -> Any:

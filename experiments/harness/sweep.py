@@ -7,9 +7,9 @@ sharing a folder split the work, a run another live process holds is skipped wit
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,6 +75,7 @@ def _subprocess(profile: Profile, results_dir: Path) -> Executor:
             "--results-dir",
             str(results_dir),
             "--no-progress",
+            "--quiet",  # the sweep prints the run's line
         ]
         if r.task is not None:
             cmd += ["--task", r.task]
@@ -175,11 +176,40 @@ def _slurm(
     return execute
 
 
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _finished_line(r: PlannedRun, rec: dict[str, Any] | None) -> str:
+    """What a finished run scored: its test score, its best validation and the wall time of this attempt."""
+    label = f"{key_label((r.experiment, r.task))} seed={r.seed} lr={r.lr:g}"
+    if rec is None or rec.get("status") != "complete":
+        why = (rec or {}).get("error") or "; ".join(r.problems()) or "no record written"
+        return f"FAILED {label}: {str(why).splitlines()[0][:160]}"
+    test = rec.get("test", {})
+    metric = rec.get("selection_metric")
+    best = [p.get(metric) for p in rec.get("validation_curve", []) if p.get("step") == rec.get("best_step")]
+    val = (
+        f", {metric} {best[0]:.3f} at step {rec['best_step']}/{rec.get('max_steps')}"
+        if best and best[0] is not None
+        else ""
+    )
+    return f"{label}: {test.get('primary_metric')} {100 * test.get('score', float('nan')):.1f}{val}, {_duration(rec.get('wall_time_s', 0))}"
+
+
 def execute_runs(
-    runs: list[PlannedRun], executor: Executor, jobs: int, log: Callable[[str], None]
+    runs: list[PlannedRun],
+    executor: Executor,
+    jobs: int,
+    log: Callable[[str], None],
+    stage: str = "",
+    later: int = 0,
 ) -> dict[str, int]:
     """Run every run that is not complete and current; failures are recorded in their files and do not stop
-    the sweep."""
+    the sweep. One line per finished run: `[n/N stage]`, what it scored, its wall time and the sweep's ETA
+    (mean wall time of the runs finished so far x the runs left, this stage's and `later` ones, / `jobs`)."""
     todo = []
     for r in runs:
         status = r.status()
@@ -188,30 +218,55 @@ def execute_runs(
         if status != "complete":
             todo.append(r)
     counts = {"skipped": len(runs) - len(todo), "complete": 0, "failed": 0, "locked": 0}
+    lock = threading.Lock()
+    walls: list[float] = []
+    tag = f" {stage}" if stage else ""
+
+    def report(r: PlannedRun, rec: dict[str, Any] | None) -> None:
+        with lock:
+            n = sum(counts[k] for k in ("complete", "failed", "locked"))
+            if rec is not None and rec.get("wall_time_s"):
+                walls.append(float(rec["wall_time_s"]))
+            left = len(todo) - n + later
+            eta = (
+                f"; ETA {_duration(sum(walls) / len(walls) * left / max(1, min(jobs, left)))}"
+                if walls and left
+                else ""
+            )
+            log(f"[{n}/{len(todo)}{tag}] {_finished_line(r, rec)}{eta}")
 
     def one(r: PlannedRun) -> None:
         label = key_label((r.experiment, r.task))
         owner = holder(r.path)
         if owner is not None:
+            with lock:
+                counts["locked"] += 1
             log(
                 f"skip {label} seed={r.seed} lr={r.lr:g}: being run by pid {owner.get('pid')} on {owner.get('host')}"
             )
-            counts["locked"] += 1
             return
-        log(f"run {label} seed={r.seed} lr={r.lr:g} ({r.stage})")
+        error = None
         try:
             executor(r)
         except RunLockedError as e:  # taken by another sweep since the look above
+            with lock:
+                counts["locked"] += 1
             log(f"  skip {label} seed={r.seed} lr={r.lr:g}: {e}")
-            counts["locked"] += 1
             return
         except Exception as e:  # recorded in the run's file by the runner (CalledProcessError included)
             if r.status() != "complete" and holder(r.path) is not None:  # a `run` subprocess found it locked
+                with lock:
+                    counts["locked"] += 1
                 log(f"  skip {label} seed={r.seed} lr={r.lr:g}: being run by another process")
-                counts["locked"] += 1
                 return
-            log(f"  FAILED {label} seed={r.seed} lr={r.lr:g}: {e}")
-        counts["complete" if r.status() == "complete" else "failed"] += 1
+            error = e
+        complete = r.status() == "complete"
+        rec = read_record(r.path) if r.path.is_file() else None
+        if not complete and error is not None and not (rec or {}).get("error"):
+            rec = {**(rec or {}), "status": "failed", "error": str(error)}
+        with lock:
+            counts["complete" if complete else "failed"] += 1
+        report(r, rec)
 
     if jobs <= 1:
         for r in todo:
@@ -222,6 +277,19 @@ def execute_runs(
     if not counts["locked"]:
         del counts["locked"]  # named only when another sweep held some
     return counts
+
+
+def summary_table(family: str, profile: str, summary: dict[str, dict[str, int]]) -> str:
+    cols = [
+        "complete",
+        "failed",
+        "skipped",
+        *(["locked"] if any("locked" in c for c in summary.values()) else []),
+    ]
+    lines = [f"sweep {family}/{profile}:", "  stage  " + "  ".join(f"{c:>8}" for c in cols)]
+    for stage, c in summary.items():
+        lines.append(f"  {stage:<5}  " + "  ".join(f"{c.get(k, 0):>8}" for k in cols))
+    return "\n".join(lines)
 
 
 def sweep(
@@ -256,12 +324,14 @@ def sweep(
         execute = _in_process(profile, configs, results_dir, progress)
     else:
         execute = _subprocess(profile, results_dir)
-    summary = {"tune": execute_runs(tune_plan(profile, configs, results_dir), execute, jobs, log)}
+    tune = tune_plan(profile, configs, results_dir)
+    later = len(configs) * len(set(profile.seeds) - set(profile.tune_seeds))  # the final stage, for the ETA
+    summary = {"tune": execute_runs(tune, execute, jobs, log, "tune", later)}
     final, chosen = final_plan(profile, configs, results_dir)
     write_atomic(
         selected_lr_path(results_dir, profile),
         {"profile": profile.name, "selected": {key_label(k): v for k, v in chosen.items()}},
     )
-    summary["final"] = execute_runs(final, execute, jobs, log)
-    log(f"sweep {family}/{profile_name}: {json.dumps(summary)}")
+    summary["final"] = execute_runs(final, execute, jobs, log, "final")
+    log(summary_table(family, profile_name, summary))
     return summary

@@ -23,6 +23,7 @@ from baselines import build_method
 from experiments.harness import checkpoint as ckpt
 from experiments.harness.config import ExperimentConfig, config_hash, with_overrides
 from experiments.harness.errors import CorruptRecordError, DivergedError
+from experiments.harness.loading import quiet_libraries
 from experiments.harness.records import (
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
@@ -86,15 +87,18 @@ def train_and_evaluate(
         gradient_accumulation_steps=t.grad_accum,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
-    family = get_family(cfg.family)(cfg, seed=seed)
-    max_steps = total_steps(cfg, family.num_train)
-    method = build_method(cfg.method.name, **cfg.method.params)
-    base = family.build_model()
-    if cfg.model.gradient_checkpointing:
-        family.enable_gradient_checkpointing(base)
-    model = method.wrap(
-        base, target_modules=list(cfg.model.target_modules), modules_to_save=list(cfg.model.modules_to_save)
-    )
+    with quiet_libraries(progress):  # a family may load models of its own (planted: its teacher)
+        family = get_family(cfg.family)(cfg, seed=seed)
+        max_steps = total_steps(cfg, family.num_train)
+        method = build_method(cfg.method.name, **cfg.method.params)
+        base = family.build_model()
+        if cfg.model.gradient_checkpointing:
+            family.enable_gradient_checkpointing(base)
+        model = method.wrap(
+            base,
+            target_modules=list(cfg.model.target_modules),
+            modules_to_save=list(cfg.model.modules_to_save),
+        )
     counts = method.counts(model)
     total_model = sum(p.numel() for p in model.parameters())
     params = [p for p in model.parameters() if p.requires_grad]
