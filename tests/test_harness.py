@@ -347,8 +347,12 @@ def test_quiet_libraries_silences_the_load_noise_and_restores_the_settings():
         warnings.simplefilter("always")
         with quiet_libraries(progress=False):
             assert hf_logging.get_verbosity() == hf_logging.ERROR and not hf_logging.is_progress_bar_enabled()
-            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-            warnings.warn("something else", FutureWarning)
+            warnings.warn(
+                "`is_gradient_checkpointing` is deprecated and will be removed in v6.",
+                FutureWarning,
+                stacklevel=1,
+            )
+            warnings.warn("something else", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["something else"]  # only the known warning is hidden
     assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled()
     with quiet_libraries(progress=True):
