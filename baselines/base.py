@@ -154,6 +154,8 @@ class Method(abc.ABC):
     # True: the backward pass computes the base weights' gradients too (full FT): ~6 instead of ~4 FLOPs per
     # parameter and token, for the GPU estimates
     trains_base_weights: ClassVar[bool] = False
+    # the method's colour in every plot (a matplotlib colour); None: one derived from its name, also fixed
+    plot_color: ClassVar[str | None] = None
 
     def __init__(self, **params: Any) -> None:
         self._params: Mapping[str, Any] = MappingProxyType(self.resolve_params(params))

@@ -14,6 +14,7 @@ class Dora(Lora):
     """peft `LoraConfig(use_dora=True)`: W' = m * (W + (alpha/r) B A) / ||W + (alpha/r) B A||_row."""
 
     name = "dora"
+    plot_color = "#2ca02c"  # green in every plot
 
     def lora_kwargs(self, target_modules: list[str], modules_to_save: list[str]) -> dict[str, Any]:
         return {**super().lora_kwargs(target_modules, modules_to_save), "use_dora": True}

@@ -20,6 +20,7 @@ class FullFineTuning(Method):
     head, so that `counts().trainable` = all parameters minus the head, like the adapters' counts."""
 
     name = "full"
+    plot_color = "#3b3b3b"  # near-black in every plot
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     trains_base_weights: ClassVar[bool] = True
     supports_merge = False  # nothing to merge

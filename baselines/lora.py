@@ -23,6 +23,7 @@ class Lora(AdapterMethod):
     """
 
     name = "lora"
+    plot_color = "#1f77b4"  # blue in every plot
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"r": 8, "lora_alpha": None, "lora_dropout": 0.05, "init_lora_weights": True}
     )

@@ -35,6 +35,7 @@ class LoraDash(Lora):
     """LoRA's hyper-parameters plus s (`num_directions`), t (`prelaunch_steps`), eps and the launch clock."""
 
     name = "loradash"
+    plot_color = "#d62728"  # red in every plot
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {
             **Lora.defaults,

@@ -21,6 +21,7 @@ class Pissa(Lora):
     """PiSSA's reference scripts use lora_alpha = r (scaling 1) and no dropout: those are the defaults here."""
 
     name = "pissa"
+    plot_color = "#9467bd"  # purple in every plot
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"r": 8, "lora_alpha": None, "lora_dropout": 0.0}
     )

@@ -26,6 +26,7 @@ class Vera(AdapterMethod):
     to the smallest min(out, in) at wrap time (recorded in `params`); an explicit r too large is an error."""
 
     name = "vera"
+    plot_color = "#8c564b"  # brown in every plot
     defaults: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"r": 256, "vera_dropout": 0.0, "d_initial": 0.1, "projection_prng_key": 0, "save_projection": True}
     )

@@ -329,7 +329,7 @@ def test_llm_tables_set_the_reference_rule_beside_the_papers_numbers(tmp_path):
     assert f"| {np.mean(list(whole.values())):.1f} [" in row  # the score: whole-word accuracy
     assert f"{whole['boolq']:.1f} (paper's rule {ref['boolq']:.1f}; paper 68.9)" in row
     assert row.endswith(f"| {np.mean(list(ref.values())):.1f} | 74.7 |")  # reference-rule avg, paper avg
-    assert "| avg, paper's rule (accuracy_reference) | paper avg (" in table
+    assert "| avg, paper's rule (accuracy_reference) | paper avg over its 8 tasks (" in table
     assert (
         "The accuracy here is read by the whole_word rule: first label of the task as a whole word" in table
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from baselines import available_methods, build_method, get_method
 from baselines.budget import base_param_count, matched_ranks, target_layer_shapes
 from experiments.harness.config import load_experiment
+from experiments.harness.loading import quiet_libraries
 
 
 def print_budget(family: str, method: str, rank: int, experiment: str | None) -> None:
@@ -15,7 +16,8 @@ def print_budget(family: str, method: str, rank: int, experiment: str | None) ->
     known = list_experiments(family)
     name = experiment or next((e for e in known if e.startswith("lora-")), known[0])
     cfg = load_experiment(family, name)
-    model = get_family(family)(cfg).build_model()  # builds the family's model from its config
+    with quiet_libraries():
+        model = get_family(family)(cfg).build_model()  # builds the family's model from its config
     shapes = target_layer_shapes(model, list(cfg.model.target_modules))
     total = base_param_count(model, list(cfg.model.modules_to_save))
     ref = build_method(method, r=rank) if get_method(method).has_rank() else build_method(method)

@@ -29,6 +29,7 @@ from experiments.analysis import tsd_report as report
 from experiments.analysis.tsd_probe import ProbeResult, ProbeSettings, run_probe
 from experiments.analysis.tsd_report import BINS, EDGE
 from experiments.harness.config import ExperimentConfig, MethodConfig, _build, load_experiment, sections_for
+from experiments.harness.loading import quiet_libraries
 from experiments.harness.profiles import experiment_config, load_profile
 from experiments.harness.records import iter_records, read_record
 
@@ -85,7 +86,8 @@ def model_layer_dims(cfg: ExperimentConfig) -> dict[str, int]:
     from experiments.harness.registry import get_family
 
     if cfg.model not in _DIMS_CACHE:
-        model = get_family(cfg.family)(cfg).build_model()
+        with quiet_libraries():
+            model = get_family(cfg.family)(cfg).build_model()
         _DIMS_CACHE[cfg.model] = {
             name: min(m.weight.shape)
             for name, m in model.named_modules()

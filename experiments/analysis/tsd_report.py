@@ -24,9 +24,10 @@ def _pyplot():  # Agg, chosen before pyplot is imported: no display needed
 
 
 def _save(fig, path: Path, top: float = 1.0) -> None:
+    from experiments.report import plotstyle
+
     fig.tight_layout(rect=(0, 0, 1, top))
-    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version or time stamp: same bytes on rerun
-    _pyplot().close(fig)
+    plotstyle.save(fig, path)  # cropped to its content; no version or time stamp: same bytes on rerun
 
 
 def plot_positions(pos: Mapping[str, Any], path: Path, title: str) -> None:

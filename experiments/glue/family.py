@@ -126,6 +126,15 @@ class GlueRun(Family):
     paper_model = "DeBERTaV3-base"
 
     @classmethod
+    def score_label(cls, task: str | None) -> str:
+        if task is None:
+            return "mean GLUE metric over tasks (x100)"
+        names = {"accuracy": "accuracy (%)", "mcc": "Matthews correlation (x100)",
+                 "f1_accuracy": "mean of F1 and accuracy (%)", "pearson_spearman": "mean of Pearson and Spearman (x100)"}  # fmt: skip
+        s = spec(task)
+        return f"{s.folder} {names.get(s.metric, s.metric)}"
+
+    @classmethod
     def task_score(cls, task: str, items: Mapping[str, np.ndarray]) -> float:
         return task_metrics(task, items["labels"], items["predictions"])["glue_score"]
 

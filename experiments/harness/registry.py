@@ -112,6 +112,13 @@ class Family(abc.ABC):
         )
 
     @classmethod
+    def score_label(cls, task: str | None) -> str:
+        """A plot's axis name for 100 x the primary metric on `task` (None: the mean over the tasks)."""
+        metric = cls.primary_metric.replace("_", " ")
+        unit = "%" if "accuracy" in cls.primary_metric else "x100"
+        return f"{task or 'mean over tasks'}: {metric} ({unit})"
+
+    @classmethod
     def scoring_rule(cls, record: Mapping[str, Any]) -> str | None:
         """How a record's primary metric was read, when the family has several ways (e.g. its answer-extraction
         rule), for the tables' text; None when there is nothing to name."""

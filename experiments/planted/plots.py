@@ -35,34 +35,38 @@ def write(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     runs = _kept(records)
     if not runs:
         return []
-    import matplotlib
+    from experiments.report import plotstyle
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plotstyle.pyplot()
     written = []
-    # 1. residual distance (1 - matched: the share of the planted change still missing) vs trainable parameters
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, recs in runs.items():
-        setting = recs[0]["config"]["data"]["setting"]
-        resid = np.array([1 - x["test"]["per_task"][TASK]["matched"] for x in recs])
-        n = recs[0]["param_counts"]["trainable"]
-        ax.errorbar([n], [resid.mean()], yerr=[[resid.mean() - resid.min()], [resid.max() - resid.mean()]],
-                    fmt="o", color=COLORS.get(setting, "k"), capsize=3)  # fmt: skip
-        ax.annotate(name, (n, resid.mean()), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    for setting, color in COLORS.items():
-        ax.plot([], [], "o", color=color, label=f"teacher: {setting}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("trainable parameters")
-    ax.set_ylabel("test distance to teacher / base model's distance (1 - matched)")
-    ax.set_title("Planted directions: distance to the teacher (mean over seeds, bars: min-max)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    # 1. residual distance (1 - matched: the share of the planted change still missing), one row per experiment
+    # (named on the axis, so no two labels can overlap), one panel per teacher, colour = method
+    settings = [t for t in COLORS if any(r[0]["config"]["data"]["setting"] == t for r in runs.values())]
+    settings += sorted({r[0]["config"]["data"]["setting"] for r in runs.values()} - set(settings))
+    by_setting = {t: sorted(((n, r) for n, r in runs.items() if r[0]["config"]["data"]["setting"] == t),
+                            key=lambda nr: (nr[1][0]["param_counts"]["trainable"], nr[0])) for t in settings}  # fmt: skip
+    heights = [max(1, len(v)) for v in by_setting.values()]
+    fig, axes = plt.subplots(len(settings), 1, figsize=(8, 0.32 * sum(heights) + 1.4 * len(settings)),
+                             sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights})  # fmt: skip
+    for ax, setting in zip(axes[:, 0], settings, strict=True):
+        items = by_setting[setting]
+        for y, (_name, recs) in enumerate(items):
+            resid = np.array([1 - x["test"]["per_task"][TASK]["matched"] for x in recs])
+            ax.errorbar([resid.mean()], [y], xerr=[[resid.mean() - resid.min()], [resid.max() - resid.mean()]],
+                        fmt="o", color=plotstyle.method_color(recs[0]["method"]), capsize=3)  # fmt: skip
+        ax.set_yticks(range(len(items)), [f"{n} ({plotstyle.count(r[0]['param_counts']['trainable'])})"
+                                          for n, r in items], fontsize=8)  # fmt: skip
+        ax.set_ylim(len(items) - 0.5, -0.5)
+        ax.set_title(f"teacher: {setting}", fontsize=9, loc="left")
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel(
+        "test distance to the teacher / the base model's distance (1 - matched; lower is closer)"
+    )
+    fig.suptitle("Planted directions: distance to the teacher (mean over seeds, bars: min-max; rows: experiment "
+                 "(trainable parameters), colour: method)", fontsize=9)  # fmt: skip
     fig.tight_layout()
     path = out_dir / "distance_vs_params.png"
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
+    plotstyle.save(fig, path)
     written.append(path)
 
     # 2. recovery per targeted matrix for every LoRA-Dash experiment with a singular-direction teacher
@@ -93,7 +97,6 @@ def write(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / "recovery_per_layer.png"
-        fig.savefig(path, dpi=110, metadata={"Software": None})
-        plt.close(fig)
+        plotstyle.save(fig, path)
         written.append(path)
     return written

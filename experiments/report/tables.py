@@ -289,25 +289,32 @@ RANK_EFFECT_SDS = 3.0  # a rank effect counts when the mean gain exceeds this ma
 def rank_effects(
     rows: list[dict], scores: Mapping[str, stats.ExperimentScores], tasks: list[str]
 ) -> list[dict]:
-    """Per task, each LoRA rank of the profile against its lowest: the gain in mean score, the pooled seed sd of
-    the two experiments (None with one seed each) and whether the gain exceeds RANK_EFFECT_SDS of them. A screen
-    of where rank matters (the regime the efficiency claims need), not a verdict: with 2 seeds the sd is rough."""
-    lora = sorted((r for r in rows if r["method"] == "lora" and r["rank"]), key=lambda r: r["rank"])
-    if len({r["rank"] for r in lora}) < 2:
-        return []
-    low, out = lora[0], []
-    for task in tasks:
-        a = scores[low["experiment"]].per_seed_task[task]
-        for r in lora[1:]:
-            b = scores[r["experiment"]].per_seed_task[task]
-            gain = float(b.mean() - a.mean())
-            df = len(a) + len(b) - 2
-            ss = float(((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum())
-            sd = float(np.sqrt(ss / df)) if df > 0 else None
-            out.append({"task": task, "low": low["experiment"], "high": r["experiment"], "low_rank": low["rank"],
-                        "high_rank": r["rank"], "gain": gain, "pooled_seed_sd": sd,
-                        "seeds": (len(a), len(b)),
-                        "effect": None if sd is None else bool(gain > RANK_EFFECT_SDS * sd)})  # fmt: skip
+    """Per task and per method run at several ranks, each rank against that method's lowest: the gain in mean
+    score, the pooled seed sd of the two experiments (None with one seed each) and whether the gain exceeds
+    RANK_EFFECT_SDS of them. A screen of where rank matters (the regime the efficiency claims need), not a
+    verdict: with 2 seeds the sd is rough."""
+    by_method: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["rank"]:
+            by_method.setdefault(r["method"], []).append(r)
+    out = []
+    for method_rows in by_method.values():
+        ranked = sorted(method_rows, key=lambda r: r["rank"])
+        if len({r["rank"] for r in ranked}) < 2:
+            continue
+        low = ranked[0]
+        for task in tasks:
+            a = scores[low["experiment"]].per_seed_task[task]
+            for r in ranked[1:]:
+                b = scores[r["experiment"]].per_seed_task[task]
+                df = len(a) + len(b) - 2
+                ss = float(((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum())
+                sd = float(np.sqrt(ss / df)) if df > 0 else None
+                gain = float(b.mean() - a.mean())
+                out.append({"task": task, "method": low["method"], "low": low["experiment"],
+                            "high": r["experiment"], "low_rank": low["rank"], "high_rank": r["rank"], "gain": gain,
+                            "pooled_seed_sd": sd, "seeds": (len(a), len(b)),
+                            "effect": None if sd is None else bool(gain > RANK_EFFECT_SDS * sd)})  # fmt: skip
     return out
 
 
@@ -606,6 +613,13 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules, eff
     metric_desc = fam.metrics[fam.primary_metric].description or fam.primary_metric
     by_rule = f" The {fam.primary_metric} here is read by " + "; ".join(rules) + "." if rules else ""
     rule_col = bool(pm) and fam.paper_metric is not None  # the runs' score under the paper's rule, beside it
+    # the paper's numbers in columns of their own (never inside this run's cells), one per task of this table it
+    # reports; its average only where this table has every task the average is over (else it reads as this run's)
+    paper_all = sorted(
+        {t for e in pm.values() for t, v in e.items() if t != "avg" and isinstance(v, (int, float))}
+    )
+    paper_tasks = [] if rule_col else [t for t in tasks if any(t in e for e in pm.values())]
+    show_avg = bool(pm) and (rule_col or set(paper_all) <= set(tasks))
     lines = [
         f"# {fam.name} / profile `{profile.name}`", "", header, "", profile.description.strip(), "",
         f"Model: {first['config']['model']['name']}; protocol: {first['test']['protocol']}. Score: 100 x "
@@ -614,14 +628,15 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules, eff
                     for t in tasks) + "." + by_rule,
         "",
         "[95% CI]: seed-aware interval (seed-to-seed variance + test-item bootstrap, t with Satterthwaite df; "
-        "experiments/stats.py). seed sd: standard deviation of the per-seed scores. Trainable parameters exclude "
+        "experiments/report/stats.py). seed sd: standard deviation of the per-seed scores. Trainable parameters exclude "
         "the head (classifier, trained by every method), shown apart.",
         "",
         "| experiment | trainable | head | seeds | score [95% CI] | seed sd | " + " | ".join(tasks)
         + (f" | avg, paper's rule ({fam.paper_metric})" if rule_col else "")
-        + (f" | paper avg ({paper_model}) |" if pm else " |"),
+        + "".join(f" | paper: {t} ({paper_model})" for t in paper_tasks)
+        + (f" | paper avg over its {len(paper_all)} tasks ({paper_model}) |" if show_avg else " |"),
         "|---|---:|---:|---:|---|---:|" + "---:|" * len(tasks) + ("---:|" if rule_col else "")
-        + ("---:|" if pm else ""),
+        + "---:|" * len(paper_tasks) + ("---:|" if show_avg else ""),
     ]  # fmt: skip
     off = {
         e
@@ -634,10 +649,11 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules, eff
         lines.append(
             f"| {r['experiment']}{' †' if r['experiment'] in off else ''} | {r['trainable']:,} | {r['head']:,} | {len(r['seeds'])} | {r['score']:.1f} "
             f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}] | {_fmt(r['seed_sd'])} | "
-            + " | ".join(f"{r['per_task'][t]:.1f}" + _paper_cell(p.get(t), ref["per_task"][t] if ref else None,
-                                                               rule_col) for t in tasks)
+            + " | ".join(f"{r['per_task'][t]:.1f}" + (_paper_cell(p.get(t), ref["per_task"][t] if ref else None,
+                                                                True) if rule_col else "") for t in tasks)
             + (f" | {_fmt(ref['score'])}" if ref else " | -" if rule_col else "")
-            + (f" | {_fmt(p.get('avg'))} |" if pm else " |")
+            + "".join(f" | {_fmt(p.get(t))}" for t in paper_tasks)
+            + (f" | {_fmt(p.get('avg'))} |" if show_avg else " |")
         )  # fmt: skip
     if rule_col:
         desc = fam.metrics[fam.paper_metric].description or fam.paper_metric
@@ -648,8 +664,10 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules, eff
                       f"and the plain task numbers are 100 x {fam.primary_metric}. Comparable with the paper only at "
                       f"its model and scale."]  # fmt: skip
     elif pm:
-        lines += ["", f"(x) in a task column: the paper's number for that task, on {paper_model} "
-                      f"({paper.get('source', 'the paper')}); a different model and scale, for reference only."]  # fmt: skip
+        lines += ["", f"`paper:` columns: the paper's number for that task and method, on {paper_model} "
+                      f"({paper.get('source', 'the paper')}); a different model and scale, for reference only"
+                  + ("." if show_avg else f"; its average is over {len(paper_all)} tasks, not this table's, and is "
+                     "left out.")]  # fmt: skip
     diag_rows = [r for r in rows if r["diagnostics"]]
     if diag_rows:
         keys = sorted({k for r in diag_rows for k in r["diagnostics"]})
@@ -683,9 +701,8 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules, eff
 def _rank_effect_md(effects: list[dict] | tuple = ()) -> list[str]:
     if not effects:
         return []
-    low = effects[0]["low"]
-    lines = ["", f"## Rank effect: each LoRA rank against {low}", "",
-             f"Where rank matters: the gain in mean score over {low}, against the seed-to-seed spread (sd pooled over "
+    lines = ["", "## Rank effect: each rank of a method against its lowest", "",
+             "Where rank matters: the gain in mean score over the method's lowest rank, against the seed-to-seed spread (sd pooled over "
              f"the two experiments' seeds). A gain above {RANK_EFFECT_SDS:g} pooled sd marks a rank effect, the regime "
              "in which matching a higher-rank LoRA with fewer parameters means something. A screen, not a verdict: "
              f"the pooled sd rests on {min(sum(e['seeds']) - 2 for e in effects)} degrees of freedom or more.", "",
@@ -726,8 +743,8 @@ def _off_lock_md(runs: Mapping[str, list[dict]]) -> list[str]:
 
 
 def _paper_cell(paper: float | None, under_rule: float | None, with_rule: bool) -> str:
-    """What follows a run's task score: the paper's number, and with `with_rule` the run's score under the
-    paper's rule before it."""
+    """What follows a run's task score in the paper-rule tables: the run's score under the paper's rule, and the
+    paper's number."""
     if paper is None:
         return ""
     return f" (paper's rule {_fmt(under_rule)}; paper {paper:.1f})" if with_rule else f" ({paper:.1f})"
@@ -747,7 +764,7 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
     lines = [
         f"# Verdicts: {fam.name} / `{profile.name}`", "", header, "",
         f"**Overall at this scale: {overall(judged)}.**", "",
-        "Rule (experiments/tables.py): the interval of (treatment - reference) in points, seed-aware and paired by "
+        "Rule (experiments/report/tables.py): the interval of (treatment - reference) in points, seed-aware and paired by "
         f"seed (never narrower than the plain paired t over seeds); margin {mg} point(s). Superiority: supported if "
         f"the interval lies above 0 (a gain shown), excluded if it lies below +{mg} (a gain of {mg} or more "
         f"excluded). Non-inferiority: supported if it lies above -{mg} (a loss of {mg} or more excluded), excluded "
@@ -783,6 +800,7 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
         lines.append(
             "| - | no claim has both experiments in this profile | - | - | - |" + (" - |" if rule_col else "")
         )
+    lines += _wide_md(judged)
     if judged["skipped"]:
         lines += [
             "",
@@ -808,6 +826,28 @@ def _verdict_md(fam, profile, rows, judged, header, rules) -> str:
     if unknown:
         lines += ["", f"One seed only ({', '.join(unknown)}): their intervals cover test items, not seeds."]
     return "\n".join(lines) + "\n"
+
+
+def _wide_md(judged: dict[str, Any]) -> list[str]:
+    """One line where an interval is wider than twice the margin on either side: why (few seed degrees of freedom
+    at the Bonferroni level), with the t quantiles that make it so."""
+    from scipy import stats as sps
+
+    wide = [c for c in judged["claims"] if (c["high"] - c["low"]) / 2 > 2 * judged["margin"]]
+    if not wide:
+        return []
+    k = min(c["n_seeds"] for c in wide)
+    q = 0.5 + judged["level"] / 2
+
+    def t(df: float) -> float:
+        return float(sps.t.ppf(q, df))
+
+    names = ", ".join(f"{c['claim']['id']} +-{(c['high'] - c['low']) / 2:.1f}" for c in wide)
+    return ["", f"Why some intervals are wide ({names}): with {k} seeds the seed-to-seed term has at most {k - 1} "
+                f"degrees of freedom (fewer where Satterthwaite's approximation weighs unequal variances), and at the "
+                f"{100 * judged['level']:.2f}% level the t quantile is {t(max(k - 1, 1)):.1f} at {max(k - 1, 1)} df "
+                f"and {t(1):.1f} at 1 df, against {t(4):.1f} with 5 seeds and {t(1000):.1f} with many: more seeds "
+                "narrow them fastest."]  # fmt: skip
 
 
 def _manipulation_md(judged: dict[str, Any]) -> list[str]:
@@ -862,47 +902,56 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _plot(fam, rows, scores, tasks, path: Path | io.BytesIO, title: str) -> None:
-    import matplotlib
+    """Score against trainable parameters, one panel per task (and the mean) in a grid: each experiment a point
+    with its 95% interval, coloured by method (the same colour in every plot) and named in the legend, not on the
+    axes, so that close points never print their names over one another; the Pareto frontier drawn when two or
+    more experiments lie on it."""
+    from experiments.report import plotstyle
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = ["average", *tasks] if len(tasks) > 1 else tasks
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    methods = sorted({r["method"] for r in rows})
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    for ax, panel in zip(axes[0], panels, strict=True):
-        task = None if panel == "average" else panel
+    plt = plotstyle.pyplot()
+    panels: list[str | None] = [None, *tasks] if len(tasks) > 1 else list(tasks)
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.5 * nrows), squeeze=False)
+    markers = plotstyle.experiment_markers((r["experiment"], r["method"], r["rank"]) for r in rows)
+    xs = [max(r["trainable"], 1) for r in rows]
+    shown_x = plotstyle.dodge(xs, plotstyle.log_scale(xs))  # equal counts side by side
+    handles: dict[str, Any] = {}
+    for ax, task in zip(axes.flat, panels, strict=False):
         pts = []
-        for r in rows:
+        for r, x, shown in zip(rows, xs, shown_x, strict=True):
             iv = stats.interval(scores[r["experiment"]], LEVEL, task)
-            x = max(r["trainable"], 1)
             pts.append((x, iv.estimate))
-            ax.errorbar([x], [iv.estimate], yerr=[[iv.estimate - iv.low], [iv.high - iv.estimate]], marker="o",
-                        capsize=3, color=colors[r["method"]], label=r["method"])  # fmt: skip
-            ax.annotate(
-                r["experiment"], (x, iv.estimate), fontsize=6, xytext=(3, 3), textcoords="offset points"
-            )
+            h = ax.errorbar([shown], [iv.estimate], yerr=[[iv.estimate - iv.low], [iv.high - iv.estimate]],
+                            marker=markers[r["experiment"]], ms=6, capsize=3, ls="none",
+                            color=plotstyle.method_color(r["method"]))  # fmt: skip
+            handles.setdefault(f"{r['experiment']} ({plotstyle.count(r['trainable'])})", h)
         front = pareto(pts)
-        ax.plot(
-            [pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=0.8, label="Pareto frontier"
-        )
+        if len(front) > 1:
+            (h,) = ax.step(
+                [shown_x[i] for i in front], [pts[i][1] for i in front], "k--", lw=0.8, where="post"
+            )
+            handles.setdefault("Pareto frontier (no run with fewer parameters scores higher)", h)
         chance = [fam.chance[t] for t in ([task] if task else tasks) if t in fam.chance]
-        if task is None and len(chance) == len(tasks) or task is not None and chance:
-            ax.axhline(100 * float(np.mean(chance)), color="grey", lw=0.8, ls=":", label="chance")
-        ax.set_xscale("log")
+        if chance and len(chance) == (1 if task else len(tasks)):
+            level, (low, high) = 100 * float(np.mean(chance)), ax.get_ylim()
+            if low <= level <= high:  # drawn where it is in view; never stretching the axis down to it
+                h = ax.axhline(level, color="grey", lw=0.8, ls=":")
+                handles.setdefault("chance (a trivial predictor)", h)
+            else:
+                ax.text(0.01, 0.01, f"chance: {level:.1f}", transform=ax.transAxes, fontsize=7, color="grey")
+        plotstyle.parameter_axis(ax, xs)
         ax.set_xlabel("trainable parameters (head excluded)")
-        ax.set_ylabel(f"100 x {fam.primary_metric}")
-        ax.set_title(f"{title}: {panel}", fontsize=8)
+        ax.set_ylabel(fam.score_label(task))
+        ax.set_title(task or "mean over tasks", fontsize=9)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    uniq = dict(zip(labels, handles, strict=True))
-    axes[0][-1].legend(uniq.values(), uniq.keys(), fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{title}: test score against trainable parameters (bars: 95% interval)", fontsize=10)
+    fig.legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=7,
+               frameon=False)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(
-        path, format="png", dpi=110, metadata={"Software": None}
-    )  # no version or time stamp: same bytes on rerun
-    plt.close(fig)
+    plotstyle.save(fig, path)
 
 
 def _write_log(every: list[dict], path: Path, profile: str, family: str) -> Path:
