@@ -3,7 +3,18 @@
 `report_to` is `none` (the default), `tensorboard`, `wandb`, `mlflow` or a list of them. It says how a run
 executes, not what it computes: it is not in the config hash (a tracked rerun of a committed run is that run),
 and the loop only reads values it has anyway (the step's loss and rate, the validation metrics, the method's
-diagnostics summary, the test results), so a tracked run's record equals an untracked one's.
+diagnostics summary, the test results), so a tracked run's results equal an untracked one's.
+
+What is logged, at the optimizer step it belongs to:
+- every step: `train/loss` (the mean over the step's micro-batches and processes) and `train/lr` (the base rate
+  the step used: the record's `lrs`);
+- every validation: `validation/<metric>` (the record's validation curve: `validation/val_loss`, ...) and
+  `diagnostics/<name>`, the numbers of the method's diagnostics summary (what the tables show; LoRA-Dash: its
+  launch step once it launched, the largest |lambda|, the scalars' summed post-launch rate, ...) for the model
+  as it trains, so the launch shows up at the first validation after it;
+- at the end (the run's last step): `test/score`, `test/<task>/<metric>`, `test/best_step` (the kept
+  checkpoint's), `test/diagnostics/<name>` (the record's diagnostics, of the kept checkpoint) and the family's
+  images (`Family.tracked_images`: DreamBooth's grid) through the trackers with an image API (TensorBoard, wandb).
 
 Where: `<results>/<profile>/<family>/tracking/<experiment>/[<task>/]seed<S>_lr<LR>/` (TensorBoard's event files;
 wandb's `wandb/` folder; MLflow's `mlruns/` store one level up, in `tracking/`, when `MLFLOW_TRACKING_URI` names
@@ -17,6 +28,10 @@ started afresh purges every earlier attempt's steps.
 from __future__ import annotations
 
 import importlib
+import json
+import math
+import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,3 +110,166 @@ def logs_dir(record_path: str | Path, *, task: str | None) -> Path:
     parts = [p.parent.parent.name, p.parent.name] if task is not None else [p.parent.name]
     family_dir = p.parents[len(parts)]
     return family_dir.joinpath(FOLDER, *parts, p.stem)
+
+
+def tag(name: str) -> str:
+    """A metric name every tracker takes (MLflow allows letters, digits, `_-./` and spaces): `max |lambda|` ->
+    `max_lambda`, `dash term / layer output (median layer)` -> `dash_term_layer_output_median_layer`."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _hparam(v: Any) -> Any:
+    """A config value as every tracker's hyper-parameter store takes it (TensorBoard: int, float, str, bool)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return json.dumps(v, default=str, sort_keys=True)
+
+
+class RunTracking:
+    """The loop's side of `report_to` for one run: what it hands the Accelerator, and one call per thing logged.
+    With `report_to: none` it is inactive: every call is a no-op and the loop computes nothing extra."""
+
+    def __init__(self, names: tuple[str, ...], directory: Path | None, *, cfg: Any, seed: int, profile: str):
+        self.names = names if directory is not None else ()
+        self.directory = directory
+        self.cfg, self.seed, self.profile = cfg, seed, profile
+        self._accelerator: Any = None
+        self._loss: Any = 0.0  # the current step's micro-batch losses, summed (a tensor once one is added)
+        self._micro_batches = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.names)
+
+    def _root(self) -> Path:
+        """`<results>/<profile>/<family>/tracking`."""
+        assert self.directory is not None
+        return self.directory.parents[2 if self.cfg.task is not None else 1]
+
+    @property
+    def label(self) -> str:
+        """`<experiment>/[<task>/]seed<S>_lr<LR>`: the run within its profile and family."""
+        assert self.directory is not None
+        return self.directory.relative_to(self._root()).as_posix()
+
+    @property
+    def project(self) -> str:
+        """The wandb project and MLflow experiment: one per (family, profile), as results/<profile>/<family>/."""
+        return f"loradash-{self.cfg.family}-{self.profile}"
+
+    def accelerator_kwargs(self) -> dict[str, Any]:
+        """`log_with` and `project_dir` for the run's Accelerator (nothing when inactive). TensorBoard is named:
+        accelerate builds it in `init_trackers` as `<project_dir>/<project_name>/` (this run's folder), when the
+        purge step is known. wandb and MLflow would take their project from that same project name (the run's
+        folder name), so they are built here, each with the family's project and the run's name."""
+        if not self.active:
+            return {}
+        assert self.directory is not None
+        from accelerate.tracking import MLflowTracker, WandBTracker
+
+        log_with: list[Any] = []
+        for name in self.names:
+            if name == "tensorboard":
+                log_with.append(name)
+            elif name == "wandb":
+                log_with.append(WandBTracker(self.project, name=self.label, group=self.cfg.name,
+                                             dir=str(self.directory), job_type=self.cfg.method.name))  # fmt: skip
+            elif name == "mlflow":
+                self._mlflow_store()
+                log_with.append(MLflowTracker(experiment_name=self.project, run_name=self.label,
+                                              tags=self._tags()))  # fmt: skip
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return {"log_with": log_with, "project_dir": str(self.directory.parent)}
+
+    def _tags(self) -> dict[str, str]:
+        return {"family": self.cfg.family, "profile": self.profile, "experiment": self.cfg.name,
+                "task": str(self.cfg.task), "method": self.cfg.method.name, "seed": str(self.seed)}  # fmt: skip
+
+    def _mlflow_store(self) -> None:
+        """MLflow's default store is `./mlruns` in the working folder (inside a checkout: untracked files, and every
+        later record would say `dirty`); without MLFLOW_TRACKING_URI the family's tracking folder holds it."""
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            importlib.import_module("mlflow").set_tracking_uri((self._root() / "mlruns").resolve().as_uri())
+
+    def start(self, accelerator: Any, *, resumed_step: int, config_hash: str) -> None:
+        """Start the trackers, with the run's identity and config as hyper-parameters. `resumed_step`: the step a
+        resumed run continues from (0: from the start); TensorBoard hides what earlier attempts logged from the
+        next step on (`purge_step`), so each step shows once."""
+        if not self.active:
+            return
+        assert self.directory is not None
+        self._accelerator = accelerator
+        cfg = self.cfg
+        config = {"family": cfg.family, "profile": self.profile, "experiment": cfg.name, "task": cfg.task,
+                  "method": cfg.method.name, "seed": self.seed, "config_hash": config_hash}  # fmt: skip
+        config |= {f"method.{k}": _hparam(v) for k, v in cfg.method.params.items()}
+        config |= {f"train.{k}": _hparam(v) for k, v in cfg.to_dict()["train"].items()}
+        accelerator.init_trackers(
+            self.directory.name, config=config, init_kwargs={"tensorboard": {"purge_step": resumed_step + 1}}
+        )
+        started = sorted(t.name for t in accelerator.trackers)  # accelerate drops what it cannot import
+        if accelerator.is_main_process and started != sorted(self.names):
+            raise RuntimeError(f"report_to asked for {sorted(self.names)}, accelerate started {started}")
+
+    def micro_batch(self, loss: Any) -> None:
+        """One micro-batch's training loss (a tensor; detached, no sync)."""
+        if self.active:
+            self._loss = self._loss + loss.detach()
+            self._micro_batches += 1
+
+    def step(self, step: int, *, lr: float) -> None:
+        """One optimizer step: the mean loss of its micro-batches (and over processes: every process calls this)
+        and the base rate it used."""
+        if not self.active:
+            return
+        loss = self._accelerator.reduce(self._loss / self._micro_batches, reduction="mean")
+        self._loss, self._micro_batches = 0.0, 0
+        self._accelerator.log({"train/loss": float(loss), "train/lr": float(lr)}, step=step)
+
+    def validation(self, step: int, metrics: Mapping[str, float], *, method: Any, model: Any,
+                   lrs: list[float]) -> None:  # fmt: skip
+        """A validation's metrics, and the method's diagnostics summary as it stands (measured on the model now)."""
+        if not self.active or not self._accelerator.is_main_process:
+            return
+        values = {f"validation/{k}": float(v) for k, v in metrics.items() if _number(v)}
+        values |= self._summary(method, method.diagnostics(model, lrs=lrs))
+        self._accelerator.log(values, step=step)
+
+    @staticmethod
+    def _summary(method: Any, diagnostics: Mapping[str, Any], prefix: str = "diagnostics") -> dict[str, float]:  # fmt: skip
+        summary, _ = type(method).summarize_diagnostics(diagnostics)
+        return {f"{prefix}/{tag(k)}": float(v) for k, v in summary.items() if _number(v)}
+
+    def test(self, step: int, test: Mapping[str, Any], *, best_step: int, metrics: Iterable[str], method: Any,
+             diagnostics: Mapping[str, Any], images: Mapping[str, Any]) -> None:  # fmt: skip
+        """The test results of the kept checkpoint (`score`, each task's declared metrics, the checkpoint's step),
+        its diagnostics summary as the record holds it (`test/diagnostics/...`: the training-time curve
+        `diagnostics/...` is the model as it trained) and the family's images (name -> PIL image), logged at the
+        run's last step."""
+        if not self.active or not self._accelerator.is_main_process:
+            return
+        values = {"test/score": float(test["score"]), "test/best_step": best_step}
+        for task, r in test["per_task"].items():
+            values |= {f"test/{task}/{m}": float(r[m]) for m in metrics if _number(r.get(m))}
+        values |= self._summary(method, diagnostics, prefix="test/diagnostics")
+        self._accelerator.log(values, step=step)
+        if images:
+            import numpy as np
+
+            # [1, H, W, 3] each
+            arrays = {f"test/{k}": np.asarray(im.convert("RGB"))[None] for k, im in images.items()}
+            for tracker in self._accelerator.trackers:
+                if hasattr(tracker, "log_images"):  # MLflow's tracker has none
+                    tracker.log_images(arrays, step=step, **TRACKERS[tracker.name].image_kwargs)
+
+    def end(self) -> None:
+        """Close the trackers (TensorBoard flushes its files). Not `Accelerator.end_training`, which also destroys
+        the process group: a launched process may still need it (another run of an in-process sweep)."""
+        if self._accelerator is not None:
+            for tracker in self._accelerator.trackers:
+                tracker.finish()
+            self._accelerator = None
