@@ -232,7 +232,7 @@ def test_git_ignores_the_logs_but_not_the_records():
     def ignored(path: Path) -> bool:
         return subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO).returncode == 0
 
-    assert ignored(logs / "events.out.tfevents.1.host.0") and ignored(logs.parents[2] / "mlruns" / "0")
+    assert ignored(logs / "events.out.tfevents.1.host.0") and ignored(logs.parents[2] / "mlflow.db")
     assert not ignored(record)
 
 

@@ -17,8 +17,8 @@ What is logged, at the optimizer step it belongs to:
   images (`Family.tracked_images`: DreamBooth's grid) through the trackers with an image API (TensorBoard, wandb).
 
 Where: `<results>/<profile>/<family>/tracking/<experiment>/[<task>/]seed<S>_lr<LR>/` (TensorBoard's event files;
-wandb's `wandb/` folder; MLflow's `mlruns/` store one level up, in `tracking/`, when `MLFLOW_TRACKING_URI` names
-none). No file there is named like a record (`records.iter_records` matches `seed<S>_lr<LR>.json` only), no
+wandb's `wandb/` folder; MLflow's store `mlflow.db` and artifacts `mlartifacts/` one level up, in `tracking/`,
+when `MLFLOW_TRACKING_URI` names none). No file there is named like a record (`records.iter_records` matches `seed<S>_lr<LR>.json` only), no
 experiment may be called `tracking`, and `.gitignore` keeps the folders out of the committed results.
 `tensorboard --logdir results/<profile>/<family>/tracking` shows a whole sweep. A resumed run continues its
 TensorBoard run: what the killed attempt logged after its last checkpoint is purged (`purge_step`), and a run
@@ -179,9 +179,8 @@ class RunTracking:
                 log_with.append(WandBTracker(self.project, name=self.label, group=self.cfg.name,
                                              dir=str(self.directory), job_type=self.cfg.method.name))  # fmt: skip
             elif name == "mlflow":
-                self._mlflow_store()
-                log_with.append(MLflowTracker(experiment_name=self.project, run_name=self.label,
-                                              tags=self._tags()))  # fmt: skip
+                log_with.append(MLflowTracker(experiment_name=self.project, run_name=self.label, tags=self._tags(),
+                                              logging_dir=self._mlflow_store()))  # fmt: skip
         self.directory.mkdir(parents=True, exist_ok=True)
         return {"log_with": log_with, "project_dir": str(self.directory.parent)}
 
@@ -189,11 +188,15 @@ class RunTracking:
         return {"family": self.cfg.family, "profile": self.profile, "experiment": self.cfg.name,
                 "task": str(self.cfg.task), "method": self.cfg.method.name, "seed": str(self.seed)}  # fmt: skip
 
-    def _mlflow_store(self) -> None:
-        """MLflow's default store is `./mlruns` in the working folder (inside a checkout: untracked files, and every
-        later record would say `dirty`); without MLFLOW_TRACKING_URI the family's tracking folder holds it."""
+    def _mlflow_store(self) -> str:
+        """Where a new MLflow experiment keeps its artifacts. MLflow's default store is in the working folder
+        (inside a checkout: untracked files, and every later record would say `dirty`); without
+        MLFLOW_TRACKING_URI the family's tracking folder holds it, as SQLite (MLflow 3 refuses new file stores)."""
+        root = self._root().resolve()
         if not os.environ.get("MLFLOW_TRACKING_URI"):
-            importlib.import_module("mlflow").set_tracking_uri((self._root() / "mlruns").resolve().as_uri())
+            root.mkdir(parents=True, exist_ok=True)
+            importlib.import_module("mlflow").set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        return (root / "mlartifacts").as_uri()
 
     def start(self, accelerator: Any, *, resumed_step: int, config_hash: str) -> None:
         """Start the trackers, with the run's identity and config as hyper-parameters. `resumed_step`: the step a
