@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,9 @@ CASES: list[tuple[str, Setup, list[str], tuple[str, ...]]] = [
     ("checkpoint-every-zero", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml",
                                                 "method: {name: lora, r: 1}\noverrides:\n  train: {checkpoint_every: 0}\n"),
      SWEEP, ("train.checkpoint_every", "must be >= 1")),
+    ("report-to-unknown", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml",
+                                            "method: {name: lora, r: 1}\noverrides:\n  train: {report_to: tensorbord}\n"),
+     SWEEP, ("lora-r1/experiment.yaml", "train.report_to", "unknown tracker 'tensorbord'", "tensorboard")),
     ("model-not-loadable", lambda s: s.write(f"{CS}/lora-r1/experiment.yaml",
                                              "method: {name: lora, r: 1}\noverrides:\n  model: {name: /nonexistent/model}\n"),
      RUN, ("cannot load '/nonexistent/model'",)),
@@ -323,6 +327,18 @@ def test_an_unwritable_results_folder_trains_nothing(scratch, capsys, monkeypatc
     monkeypatch.setattr(train_mod, "train_and_evaluate", must_not_train)
     scratch.write("afile", "x", under=scratch.results.parent)
     check_one_line(scratch, capsys, [*GLUE_SWEEP, "--results-dir", "@/afile/sub"], "cannot create or write")
+
+
+@pytest.mark.parametrize("command", [SWEEP, RUN])
+def test_a_missing_tracker_is_one_line_before_anything_trains(scratch, capsys, monkeypatch, command):
+    def must_not_train(*a, **k):
+        raise AssertionError("trained before the trackers were checked")
+
+    monkeypatch.setattr(train_mod, "train_and_evaluate", must_not_train)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed, whatever this environment holds
+    scratch.write(f"{CS}/lora-r1/experiment.yaml",
+                  "method: {name: lora, r: 1}\noverrides:\n  train: {report_to: [tensorboard, wandb]}\n")  # fmt: skip
+    check_one_line(scratch, capsys, command, "report_to: wandb needs the package wandb", "pip install wandb")
 
 
 def test_a_nan_loss_leaves_a_failed_record_and_one_line(scratch, capsys, monkeypatch):

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from experiments.dreambooth import data as db
 from experiments.dreambooth import metrics as mx
-from experiments.dreambooth.generation import generate, save_grid, unet_of
+from experiments.dreambooth.generation import generate, image_grid, unet_of
 from experiments.dreambooth.models import (
     SDXL,
     Frozen,
@@ -214,6 +214,7 @@ class DreamBoothRun(Family):
         self.class_pixels: torch.Tensor | None = None
         self.class_sizes: torch.Tensor | None = None
         self._encoders: tuple[mx.DinoEncoder, mx.ClipEncoder] | None = None
+        self._grid: Any = None  # the last evaluate_test's image grid (PIL), for the trackers
 
     @property
     def num_train(self) -> int:
@@ -427,9 +428,10 @@ class DreamBoothRun(Family):
         drift_images = self.draw(unet, drift_jobs, device)
         scores = self.score(images, jobs, device)
         drift = self.drift(base_drift, drift_images, device)
-        grid = None
-        if e.image_dir is not None:
-            grid = self.write_grid(images, jobs)
+        labels = [p for p, _ in jobs[:: e.images_per_prompt]]
+        # rows: prompts, columns: seeds
+        self._grid = image_grid(images, cols=e.images_per_prompt, labels=labels)
+        grid = self.write_grid(self._grid) if e.image_dir is not None else None
         ids = [f"p{i // e.images_per_prompt:02d}_seed{s}" for i, (_, s) in enumerate(jobs)]
         per_task = {
             "n": len(jobs),
@@ -455,17 +457,20 @@ class DreamBoothRun(Family):
             "missing_tasks": [],
         }
 
-    def write_grid(self, images: list[Any], jobs: list[tuple[str, int]]) -> str:
-        """rows: prompts, columns: seeds -> <image_dir>/<experiment>/<subject>/seed<S>_lr<LR>.png"""
+    def write_grid(self, grid: Any) -> str:
+        """The grid (rows: prompts, columns: seeds) -> <image_dir>/<experiment>/<subject>/seed<S>_lr<LR>.png"""
         from experiments.harness.records import lr_tag
 
-        e = self.cfg.eval
-        root = Path(e.image_dir or ".")
+        root = Path(self.cfg.eval.image_dir or ".")
         root = root if root.is_absolute() else REPO_ROOT / root
         path = root / self.cfg.name / self.subject / f"seed{self.seed}_lr{lr_tag(self.cfg.train.lr)}.png"
-        labels = [p for p, _ in jobs[:: e.images_per_prompt]]
-        save_grid(images, path, cols=e.images_per_prompt, labels=labels)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path, format="PNG")
         return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+    def tracked_images(self) -> dict[str, Any]:
+        """The generated images of the last test, as the grid the record names (`test/<subject>/grid`)."""
+        return {} if self._grid is None else {f"{self.subject}/grid": self._grid}
 
     def identity(self) -> dict[str, Any]:
         m, e = self.cfg.model, self.cfg.eval

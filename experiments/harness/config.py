@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no types
 
+from experiments.harness import tracking
 from experiments.harness.errors import ConfigError, MissingFileError
 
 EXPERIMENTS_ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +59,9 @@ class TrainConfig:
     # save the run's state every this many optimizer steps to `<record>.ckpt/` and resume from it after a kill
     # (experiments/harness/checkpoint.py); None: off. How a run executes, not what it computes: not in the config hash.
     checkpoint_every: int | None = None
+    # experiment trackers fed during the run (experiments/harness/tracking.py): "none", "tensorboard", "wandb",
+    # "mlflow" or a list of them; logs go to <results>/<profile>/<family>/tracking/. Not in the config hash either.
+    report_to: str | tuple[str, ...] = "none"
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class ExperimentConfig:
 # Settings added after records were committed that cannot change a run's result (how it is executed, not what
 # it computes): left out of the hash, so that adding them never makes a committed record stale. Add a new field
 # here only if that is true of it (existing fields stay in: removing one would change every hash).
-NOT_IN_HASH: dict[str, tuple[str, ...]] = {"train": ("checkpoint_every",)}
+NOT_IN_HASH: dict[str, tuple[str, ...]] = {"train": ("checkpoint_every", "report_to")}
 
 # Settings added after results were committed, with the value every earlier run had: they enter the hash only
 # when a config sets something else, so adding a setting leaves the records that never used it current.
@@ -187,11 +191,16 @@ def merge(sections: dict[str, type], *layers: dict[str, Any] | None) -> dict[str
     return out
 
 
+def _takes_tuple(tp: Any) -> bool:
+    """`tuple[...]`, or a union with one (`str | tuple[str, ...]`)."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_takes_tuple(a) for a in get_args(tp))
+    return get_origin(tp) is tuple
+
+
 def _build(cls: type, values: dict[str, Any]) -> Any:
     hints = _resolve_hints(cls)
-    kwargs = {
-        k: tuple(v) if get_origin(hints[k]) is tuple and v is not None else v for k, v in values.items()
-    }
+    kwargs = {k: tuple(v) if _takes_tuple(hints[k]) and isinstance(v, list) else v for k, v in values.items()}
     return cls(**kwargs)
 
 
@@ -239,6 +248,8 @@ def validate_values(cfg: ExperimentConfig, origin: dict[str, str]) -> None:
         problems.append(("train.weight_decay", f"must be >= 0, got {t.weight_decay}"))
     if t.warmup_ratio is not None and not 0 <= t.warmup_ratio < 1:
         problems.append(("train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}"))
+    if (tracking_problem := tracking.problem(t.report_to)) is not None:
+        problems.append(("train.report_to", tracking_problem))
     if t.selection_metric not in fam.validation_metrics:
         problems.append(("train.selection_metric",
                          f"{t.selection_metric!r} is not a validation metric of {cfg.family} "
@@ -332,6 +343,8 @@ def load_experiment(family: str, name: str, *, profile_overrides: dict[str, Any]
     task_source = f"{profile_source}.tasks.{task}"
     check_layer(task_overrides, task_source, sections)
     check_plain_name(name, "experiment", fdir)
+    if name == tracking.FOLDER:  # results/<profile>/<family>/tracking/ holds the trackers' logs, git-ignored
+        raise ConfigError(fdir, "experiment", f"{name!r} is reserved for the trackers' logs (report_to)")
     if task is not None:
         check_plain_name(task, "task", fdir)
     exp_path = fdir / name / "experiment.yaml"

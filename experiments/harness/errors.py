@@ -17,6 +17,7 @@ __all__ = [
     "DivergedError",
     "IncompatiblePackagesError",
     "MissingFileError",
+    "MissingPackageError",
     "UnknownFamilyError",
     "UsageError",
     "UserError",
@@ -41,6 +42,10 @@ class UnknownFamilyError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A data, config or record file (or folder) that is not where the user said or the convention expects."""
+
+
+class MissingPackageError(UserError, ImportError):
+    """An optional package a config asks for (a tracker of `train.report_to`) that is not installed."""
 
 
 class BadDataError(UserError, ValueError):

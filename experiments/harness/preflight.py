@@ -5,8 +5,10 @@ distinct config of a plan this checks: the method and its hyper-parameters (`bui
 (the family's `check_data`, once per distinct data section), the model (its architecture built on the meta
 device: the config and weight files must be readable, no weight is loaded), and the hyper-parameters that
 depend on the model or the schedule (`Method.check_run`: the rank and LoRA-Dash's s against the smallest
-targeted layer, LoRA-Dash's t against the run's optimizer steps). Every problem is raised as an error the CLI
-reports in one line (a `ConfigError` naming the file that set the value, or the data error naming the file).
+targeted layer, LoRA-Dash's t against the run's optimizer steps), and that the trackers of `train.report_to`
+import (accelerate would drop a missing one without a word). Every problem is raised as an error the CLI reports
+in one line (a `ConfigError` naming the file that set the value, the data error naming the file, or the missing
+package with its pip command).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 
+from experiments.harness import tracking
 from experiments.harness.config import ConfigError, ExperimentConfig
 from experiments.harness.errors import IncompatiblePackagesError
 from experiments.harness.loading import stack_versions
@@ -140,6 +143,7 @@ def preflight(configs: Iterable[ExperimentConfig]) -> None:
     from baselines import target_layers
 
     configs = list(configs)
+    tracking.check_installed(n for cfg in configs for n in tracking.requested(cfg.train.report_to))
     methods = [check_method(cfg) for cfg in configs]
     for cfg in {c.data: c for c in configs}.values():
         check_data(cfg)  # missing or malformed data fails before any model is built

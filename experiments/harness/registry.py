@@ -182,6 +182,11 @@ class Family(abc.ABC):
         """{"protocol": str, "per_task": {task: {"n", <metrics>, "items": {"ids": [...], <arrays>}}},
         "missing_tasks": [...]}; the loop adds the aggregate `score`."""
 
+    def tracked_images(self) -> dict[str, Any]:
+        """Images of the last `evaluate_test` for the experiment trackers (`train.report_to`), name -> PIL image
+        (DreamBooth: its grid of generated images); none by default."""
+        return {}
+
     @abc.abstractmethod
     def identity(self) -> dict[str, Any]: ...
 

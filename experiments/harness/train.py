@@ -40,6 +40,7 @@ from experiments.harness.records import (
 from experiments.harness.registry import get_family
 from experiments.harness.runlock import run_lock
 from experiments.harness.schedule import lr_scheduler, total_steps
+from experiments.harness.tracking import RunTracking, logs_dir, requested
 
 
 def _cycle(loader: Any) -> Iterator[Any]:
@@ -67,11 +68,24 @@ def train_and_evaluate(
     profile: str,
     progress: bool = True,
     checkpoint: Path | None = None,
+    tracking_dir: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train one run and return the record fields of a complete run. With `checkpoint` (a folder) and
     `train.checkpoint_every`, the run's state is saved there every that many optimizer steps, and a run that
-    finds a checkpoint of its own config there resumes from it (experiments/harness/checkpoint.py)."""
+    finds a checkpoint of its own config there resumes from it (experiments/harness/checkpoint.py). With
+    `tracking_dir` (a folder), the trackers of `train.report_to` log the run there (experiments/harness/tracking.py);
+    they are closed however the run ends."""
+    track = RunTracking(requested(cfg.train.report_to), tracking_dir, cfg=cfg, seed=seed, profile=profile)
+    try:
+        return _train_and_evaluate(cfg, seed=seed, progress=progress, checkpoint=checkpoint, track=track,
+                                   log=log)  # fmt: skip
+    finally:
+        track.end()
+
+
+def _train_and_evaluate(cfg: ExperimentConfig, *, seed: int, progress: bool, checkpoint: Path | None,
+                        track: RunTracking, log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import send_to_device, set_seed
 
@@ -86,6 +100,7 @@ def train_and_evaluate(
         mixed_precision=t.mixed_precision,
         gradient_accumulation_steps=t.grad_accum,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
+        **track.accelerator_kwargs(),
     )
     with quiet_libraries(progress):  # a family may load models of its own (planted: its teacher)
         family = get_family(cfg.family)(cfg, seed=seed)
@@ -129,6 +144,7 @@ def train_and_evaluate(
             next(batches)
         ckpt.restore_rng(restored)  # after the fast-forward: dropout continues where it stopped
         log(f"  resuming {cfg.name} seed={seed} lr={t.lr:g} from step {done.step} ({checkpoint})")
+    track.start(accelerator, resumed_step=done.step, config_hash=owner["config_hash"])
     step, examples, curve, lrs = done.step, done.examples, done.curve, done.lrs
     best = None if best_state is None else (sign * _selected(curve, done.best_step, t.selection_metric),
                                             done.best_step, best_state)  # fmt: skip
@@ -144,6 +160,7 @@ def train_and_evaluate(
             loss = family.loss(model, batch)
             if not torch.isfinite(loss):
                 raise DivergedError(f"non-finite training loss {loss.item()} at step {step}")
+            track.micro_batch(loss)
             accelerator.backward(loss)
             if accelerator.sync_gradients and t.max_grad_norm:
                 accelerator.clip_grad_norm_(params, t.max_grad_norm)
@@ -156,11 +173,13 @@ def train_and_evaluate(
         lrs.append(lr_now)  # lrs[i] is the rate of step i + 1
         step += 1
         method.on_optimizer_step(raw_model, step)  # method hooks run on the optimizer-step clock
+        track.step(step, lr=lr_now)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{examples / (time.perf_counter() - t0):.1f}")
         if step % t.eval_every == 0 or step == max_steps:
             metrics = family.validate(model, accelerator.device)
             curve.append({"step": step, **metrics})
+            track.validation(step, metrics, method=method, model=raw_model, lrs=lrs)
             score = sign * metrics[t.selection_metric]
             if best is None or score > best[0]:
                 best = (score, step, _snapshot(raw_model))
@@ -188,6 +207,8 @@ def train_and_evaluate(
     diagnostics = method.diagnostics(
         raw_model, lrs=lrs, best_step=best[1], forward=lambda: family.loss(model, probe)
     )
+    track.test(max_steps, test, best_step=best[1], metrics=fam.metrics, method=method, diagnostics=diagnostics,
+               images=family.tracked_images())  # fmt: skip
     return {
         "param_counts": {
             "trainable": counts.trainable,
@@ -295,9 +316,11 @@ def _run(cfg: ExperimentConfig, fam: Any, path: Path, resolved: dict[str, Any], 
     }
     t0 = time.perf_counter()
     # Checkpointing is opt-in (train.checkpoint_every); the keyword is passed only then, so a stand-in for
-    # train_and_evaluate (tests) needs no checkpoint argument.
+    # train_and_evaluate (tests) needs no checkpoint argument. Tracking likewise (train.report_to).
     ckpt_dir = ckpt.checkpoint_dir(path)
-    resume = {"checkpoint": ckpt_dir} if cfg.train.checkpoint_every else {}
+    resume: dict[str, Any] = {"checkpoint": ckpt_dir} if cfg.train.checkpoint_every else {}
+    if requested(cfg.train.report_to):
+        resume["tracking_dir"] = logs_dir(path, task=cfg.task)
     try:
         record |= train_and_evaluate(cfg, seed=seed, profile=profile, progress=progress, **resume)
         record["status"] = "complete"
