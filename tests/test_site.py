@@ -5,6 +5,7 @@ scripts ran, and every run of the profile is shown."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -195,6 +196,26 @@ def test_pages_of_records_that_are_gone_are_removed(results, tmp_path):
     assert all(_run_page(copy, r).is_file() for r in _records(copy))
     rows = Page((copy / SITE / PROFILE / FAMILY / "index.html").read_text()).body_rows("runs-table")
     assert len(rows) == n_planned(FAMILY) - 1 and not any("lora-r2/stsb/" in text for _, text in rows)
+
+
+def test_records_that_do_not_check_get_a_page_naming_the_problem(results, tmp_path):
+    """A corrupt file and a record of the wrong shape (sections of the wrong type) do not stop the site: each has
+    a page that says what is wrong with it."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    records = {r.parent.parts[-2:]: r for r in _records(copy)}
+    corrupt, malformed = records[("lora-r2", "stsb")], records[("full", "cola")]
+    corrupt.write_text('{"status": "compl')
+    rec = json.loads(malformed.read_text())
+    rec |= {"provenance": "x", "test": [1], "validation_curve": 3, "best_step": "2", "param_counts": []}
+    malformed.write_text(json.dumps(rec))
+    write_site(copy)
+    html = _run_page(copy, corrupt).read_text()
+    assert "status-corrupt" in html and "Unreadable" in html and "corrupt run record" in html
+    html = _run_page(copy, malformed).read_text()
+    assert "Left out of the tables" in html and "No test scores" in html and "No validation curve" in html
+    rows = Page((copy / SITE / PROFILE / FAMILY / "index.html").read_text()).body_rows("runs-table")
+    assert len(rows) == n_planned(FAMILY) and any("corrupt" in text for _, text in rows)
 
 
 def test_a_folder_without_tables_is_left_out(results, tmp_path):

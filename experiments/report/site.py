@@ -70,14 +70,14 @@ class Run:
     @property
     def score(self) -> float | None:
         """100 x the record's test score (None where it has none)."""
-        score = (self.record.get("test") or {}).get("score")
+        score = _mapping(self.record.get("test")).get("score")
         return 100 * score if isinstance(score, (int, float)) and not isinstance(score, bool) else None
 
     @property
     def best_validation(self) -> float | None:
         """The selection metric at the step the run kept."""
         metric, step = self.record.get("selection_metric"), self.record.get("best_step")
-        for point in self.record.get("validation_curve") or []:
+        for point in _items(self.record.get("validation_curve")):
             if (
                 isinstance(point, dict)
                 and point.get("step") == step
@@ -88,7 +88,7 @@ class Run:
 
     @property
     def commit(self) -> str:
-        git = (self.record.get("provenance") or {}).get("git") or {}
+        git = _mapping(_mapping(self.record.get("provenance")).get("git"))
         return (str(git.get("commit") or "?"))[:8] + ("+dirty" if git.get("dirty") else "")
 
     @property
@@ -195,6 +195,7 @@ def _env() -> Environment:
         keep_trailing_newline=True,
     )
     env.filters |= {
+        "mapping": _mapping,
         "num": fmt_num,
         "sortval": sort_value,
         "duration": fmt_duration,
@@ -291,6 +292,15 @@ def _rel(target: Path | str, page: Path) -> str:
     return PurePosixPath(os.path.relpath(Path(target), page.parent)).as_posix()
 
 
+def _mapping(x: Any) -> dict[str, Any]:
+    """`x` if it is a dict, else {} (a record that does not check may hold anything anywhere)."""
+    return x if isinstance(x, dict) else {}
+
+
+def _items(x: Any) -> list[Any]:
+    return x if isinstance(x, list) else []
+
+
 def _curve_metrics(curve: list[dict[str, Any]]) -> list[str]:
     keys = {k for p in curve for k, v in p.items() if k != "step" and isinstance(v, (int, float))}
     return sorted(keys)
@@ -298,9 +308,9 @@ def _curve_metrics(curve: list[dict[str, Any]]) -> list[str]:
 
 def _per_task(rec: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     """The scalar metrics of each task (per-item arrays left out) and their names, for the scores table."""
-    per_task = (rec.get("test") or {}).get("per_task") or {}
+    per_task = _mapping(_mapping(rec.get("test")).get("per_task"))
     rows = [{"task": t, **{k: v for k, v in r.items() if k != "items" and not isinstance(v, (dict, list))}}
-            for t, r in sorted(per_task.items())]  # fmt: skip
+            for t, r in sorted(per_task.items()) if isinstance(r, dict)]  # fmt: skip
     metrics = sorted({k for r in rows for k in r if k not in ("task", "n")})
     return metrics, rows
 
@@ -318,8 +328,8 @@ def _other_fields(rec: dict[str, Any]) -> dict[str, Any]:
     test = rec.get("test")
     if isinstance(test, dict):
         rest = {k: v for k, v in test.items() if k not in ("per_task", "score", "primary_metric")}
-        items = {t: {k: f"{len(v)} values" for k, v in sorted((r.get("items") or {}).items())}
-                 for t, r in sorted((test.get("per_task") or {}).items()) if isinstance(r, dict)}  # fmt: skip
+        items = {t: {k: f"{len(v)} values" for k, v in sorted(_mapping(r.get("items")).items()) if isinstance(v, list)}
+                 for t, r in sorted(_mapping(test.get("per_task")).items()) if isinstance(r, dict)}  # fmt: skip
         if items:
             rest["per-item arrays (in the record)"] = items
         if rest:
@@ -353,11 +363,12 @@ def write_site(results_dir: str | Path) -> list[Path]:
         for run in sec.runs:
             rec = run.record
             metrics, per_task = _per_task(rec)
-            curve = rec.get("validation_curve") if isinstance(rec.get("validation_curve"), list) else []
+            curve = [p for p in _items(rec.get("validation_curve")) if isinstance(p, dict)]
+            best = rec.get("best_step") if isinstance(rec.get("best_step"), int) else None
             emit(run.page, env.get_template("run.html").render(
                 sec=sec, run=run, rec=rec, page=run.page, rel=_rel, assets=Path(SITE, "assets"), index=index,
                 metrics=metrics, per_task=per_task, other=_other_fields(rec),
-                curves=[curve_svg(curve, m, rec.get("best_step")) for m in _curve_metrics(curve)]))  # fmt: skip
+                curves=[curve_svg(curve, m, best) for m in _curve_metrics(curve)]))  # fmt: skip
     _remove_stale(results_dir / SITE, set(written))
     return written
 
