@@ -70,7 +70,12 @@ test-latest:
 	$(LATEST)/bin/python -m experiments.harness.lockcheck $(LOCK) || true
 	$(LATEST)/bin/pytest -q
 
+# The slow checks; tests/test_site.py's browser test needs Debian's chromium, installed here once (as root, or
+# through sudo) if it is not on PATH.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 test-slow: setup
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get install -y -q chromium \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }; }
 	$(BIN)/pytest -q -m slow
 
 lint: setup

@@ -29,6 +29,7 @@ from experiments.harness.profiles import list_profiles, load_profile
 from experiments.harness.records import check_results_dir
 from experiments.harness.registry import available_families, get_family
 from experiments.harness.sweep import run_one, sweep
+from experiments.report.site import SITE, write_site
 from experiments.report.tables import write_tables
 
 DEFAULT_RESULTS = os.environ.get("RESULTS_DIR", "results")
@@ -287,11 +288,14 @@ def _estimates(family: str, profile_name: str) -> dict:
     return out
 
 
-@command("tables", "regenerate tables, plots and the verdict from the run records")
+@command("tables", "regenerate tables, plots and the verdict, then the results browser, from the run records")
 def cmd_tables(args: argparse.Namespace) -> int:
     check_results_dir(args.results_dir, must_exist=True)
     for path in write_tables(args.family, args.profile, args.results_dir):
         print(path)
+    # the browser covers every folder with tables, so that one `make tables` loop leaves it whole
+    site = write_site(args.results_dir)
+    print(f"{site[0]} (results browser: {len(site) - 1} more files under {args.results_dir / SITE})")
     return 0
 
 

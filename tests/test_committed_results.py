@@ -11,6 +11,7 @@ import pytest
 
 from experiments.harness.plan import plan_status
 from experiments.harness.records import REPO_ROOT
+from experiments.report.site import INDEX, SITE, write_site
 from experiments.report.tables import write_tables
 
 RESULTS = REPO_ROOT / "results"
@@ -67,3 +68,24 @@ def test_committed_verdicts_carry_their_manipulation_check(family, profile):
         assert (c["verdict"] == "not exercised") == (not check["acted"])
         if c["n_seeds"] < verdict["min_seeds"]:
             assert c["verdict"] in ("inconclusive", "not exercised")
+
+
+def test_the_committed_results_browser_is_current(tmp_path):
+    """results/index.html and results/site/ are what `make tables` writes from the records and tables beside them:
+    regenerated from a copy without them, no file differs and none is added or missing."""
+    if not (RESULTS / INDEX).is_file():
+        pytest.skip("no committed results browser")
+    scratch = tmp_path / "results"
+    top = str(RESULTS)
+    shutil.copytree(
+        RESULTS, scratch, ignore=lambda d, names: [n for n in names if d == top and n in (SITE, INDEX)]
+    )
+    write_site(scratch)
+
+    def files(root: Path) -> dict[str, bytes]:
+        paths = [root / INDEX, *(p for p in (root / SITE).rglob("*") if p.is_file())]
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in paths}
+
+    committed, regenerated = files(RESULTS), files(scratch)
+    assert sorted(committed) == sorted(regenerated), "pages added or missing: run `make tables`"
+    assert [n for n in committed if committed[n] != regenerated[n]] == [], "stale pages: run `make tables`"
