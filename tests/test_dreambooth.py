@@ -207,7 +207,8 @@ def test_tiny_paper_path_every_method(experiment, tiny_runs):
     assert all(-1 <= x <= 1 for k in ("dino", "clip_i", "clip_t") for x in task["items"][k])
     assert len(task["drift_items"]["drift"]) == 4 and all(-1 <= v <= 1 for v in task["real_images"].values())
     with Image.open(task["grid"]) as grid:
-        assert grid.format == "PNG" and grid.size == (2 * 128, 5 * (128 + 14))
+        # a first row of the subject's real images, then one row per prompt, each under a one-line label
+        assert grid.format == "PNG" and grid.size == (2 * 128, (1 + 5) * (128 + 14))
     if experiment == "loradash-r4":
         d = rec["diagnostics"]
         assert d["launch_step"] == 2 and d["launched_layers"] == d["num_layers"] > 0
@@ -224,7 +225,7 @@ def test_methods_side_by_side(tiny_runs, tmp_path):
     grids = {e: r["test"]["per_task"]["vase"]["grid"] for e, r in records.items()}
     out = side_by_side({e: Path(p) for e, p in grids.items()}, tmp_path / "vase.png")
     with Image.open(out) as im:
-        assert im.size == (4 * 2 * 128, 16 + 5 * (128 + 14))
+        assert im.size == (4 * 2 * 128, 16 + (1 + 5) * (128 + 14))
 
 
 def test_tables_write_the_grids_side_by_side_and_no_finding_from_random_models(tiny_runs):
@@ -242,7 +243,7 @@ def test_tables_write_the_grids_side_by_side_and_no_finding_from_random_models(t
     grid = root / "tiny" / "dreambooth" / "grids" / "vase_seed0_lr1e-3.png"
     assert grid in written
     with Image.open(grid) as im:
-        assert im.size == (len(TINY_EXPERIMENTS) * 2 * 128, 16 + 5 * (128 + 14))
+        assert im.size == (len(TINY_EXPERIMENTS) * 2 * 128, 16 + (1 + 5) * (128 + 14))
     again = grid.read_bytes()
     write_tables("dreambooth", "tiny", root, n_boot=50)
     assert grid.read_bytes() == again  # deterministic
@@ -439,3 +440,47 @@ def test_metric_models_load_from_folders(tmp_path):
     i = clip.embed_images(images[:2])
     assert t.shape == i.shape == (2, 16)
     assert mx.paired_cosine(i, t) == pytest.approx((i * t).sum(1).numpy(), abs=1e-6)
+
+
+def test_grid_starts_with_the_real_images_and_wraps_long_prompts():
+    from PIL import Image
+
+    from experiments.dreambooth.generation import LINE, image_grid
+
+    real = [Image.new("RGB", (300, 200), c) for c in ("red", "blue", "green")]
+    made = [Image.new("RGB", (64, 64), "white")] * 4
+    long_prompt = "a sks vase on top of a wooden table in a sunlit kitchen, next to a bowl of oranges"
+    grid = image_grid(made, cols=2, labels=["short", long_prompt], cell=128, reference=real)
+    short_row, ref_row = 128 + LINE + 2, 128 + LINE + 2
+    assert grid.width == 2 * 128 and grid.height > ref_row + short_row + 128 + 2 * LINE  # the long one wraps
+    # the real images come first (two of three: a row holds `cols`), under their label
+    assert grid.getpixel((64, LINE + 2 + 64)) == (255, 0, 0) and grid.getpixel((192, LINE + 2 + 64)) == (
+        0,
+        0,
+        255,
+    )
+
+
+def test_side_by_side_wraps_long_names_and_writes_atomically(tmp_path, monkeypatch):
+    import os
+
+    from PIL import Image
+
+    from experiments.dreambooth.generation import LINE, side_by_side
+
+    paths = {}
+    for name in ("lora-r4", "loradash-r4-with-a-very-long-experiment-name (random weights)"):
+        paths[name] = tmp_path / f"{len(paths)}.png"
+        Image.new("RGB", (128, 128), "white").save(paths[name])
+    out = side_by_side(paths, tmp_path / "out.png")
+    with Image.open(out) as im:
+        assert im.size[1] > 128 + 2 * LINE  # the long name took more than one header line
+    before = out.read_bytes()
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError):
+        side_by_side(dict(reversed(list(paths.items()))), out)
+    assert out.read_bytes() == before and not list(tmp_path.glob(".tmp-*"))  # the old picture kept whole

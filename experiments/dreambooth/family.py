@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from experiments.dreambooth import data as db
 from experiments.dreambooth import metrics as mx
-from experiments.dreambooth.generation import generate, image_grid, unet_of
+from experiments.dreambooth.generation import generate, image_grid, save_png, unet_of
 from experiments.dreambooth.models import (
     SDXL,
     Frozen,
@@ -430,7 +430,8 @@ class DreamBoothRun(Family):
         drift = self.drift(base_drift, drift_images, device)
         labels = [p for p, _ in jobs[:: e.images_per_prompt]]
         # rows: prompts, columns: seeds
-        self._grid = image_grid(images, cols=e.images_per_prompt, labels=labels)
+        self._grid = image_grid(images, cols=e.images_per_prompt, labels=labels, reference=list(self.images),
+                                reference_label=f"real images of the subject ({self.subject})")  # fmt: skip
         grid = self.write_grid(self._grid) if e.image_dir is not None else None
         ids = [f"p{i // e.images_per_prompt:02d}_seed{s}" for i, (_, s) in enumerate(jobs)]
         per_task = {
@@ -464,8 +465,7 @@ class DreamBoothRun(Family):
         root = Path(self.cfg.eval.image_dir or ".")
         root = root if root.is_absolute() else REPO_ROOT / root
         path = root / self.cfg.name / self.subject / f"seed{self.seed}_lr{lr_tag(self.cfg.train.lr)}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path, format="PNG")
+        save_png(grid, path)
         return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
     def tracked_images(self) -> dict[str, Any]:

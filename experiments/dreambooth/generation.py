@@ -85,34 +85,71 @@ def generate(
     return images
 
 
-def image_grid(images: list[Any], *, cols: int, labels: list[str] | None = None, cell: int = 128) -> Any:
-    """Images in rows of `cols` (thumbnails of `cell` px), with an optional label strip above each row."""
+def _wrapped(draw: Any, text: str, width_px: int) -> list[str]:
+    """`text` in lines that fit `width_px` with PIL's default font (measured, not guessed)."""
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        trial = f"{line} {w}".strip()
+        if line and draw.textlength(trial) > width_px - 4:
+            lines.append(line)
+            line = w
+        else:
+            line = trial
+    return [*lines, line] if line else lines or [""]
+
+
+LINE = 12  # px per label line (PIL's default font is 11 px high)
+
+
+def image_grid(images: list[Any], *, cols: int, labels: list[str] | None = None, cell: int = 128,
+               reference: list[Any] | None = None, reference_label: str = "real images") -> Any:  # fmt: skip
+    """Images in rows of `cols` (thumbnails of `cell` px), each row under its label wrapped to the row's width;
+    with `reference`, a first row of the subject's real images (up to `cols`) to compare the rest against."""
     from PIL import Image, ImageDraw
 
-    rows = (len(images) + cols - 1) // cols
-    strip = 14 if labels else 0
-    grid = Image.new("RGB", (cols * cell, rows * (cell + strip)), "white")
+    rows = [images[i : i + cols] for i in range(0, len(images), cols)]
+    row_labels = list(labels) if labels else [""] * len(rows)
+    if reference:
+        rows.insert(0, reference[:cols])
+        row_labels.insert(0, reference_label)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [_wrapped(measure, lab, cols * cell) if labels or reference else [] for lab in row_labels]
+    heights = [cell + (LINE * len(w) + 2 if w else 0) for w in wrapped]
+    grid = Image.new("RGB", (cols * cell, sum(heights)), "white")
     draw = ImageDraw.Draw(grid)
-    for i, im in enumerate(images):
-        r, c = divmod(i, cols)
-        grid.paste(im.convert("RGB").resize((cell, cell)), (c * cell, r * (cell + strip) + strip))
-        if labels and c == 0:
-            draw.text((2, r * (cell + strip)), labels[r][: cols * cell // 6], fill="black")
+    y = 0
+    for row, lines, h in zip(rows, wrapped, heights, strict=True):
+        for k, line in enumerate(lines):
+            draw.text((2, y + 1 + k * LINE), line, fill="black")
+        top = y + h - cell
+        for c, im in enumerate(row):
+            grid.paste(im.convert("RGB").resize((cell, cell)), (c * cell, top))
+        y += h
     return grid
 
 
-def save_grid(images: list[Any], path: Path, *, cols: int, labels: list[str] | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, cols=cols, labels=labels).save(path, format="PNG")
+def save_png(image: Any, path: Path) -> Path:
+    """An image as PNG, written atomically (a full disk or a kill never leaves a truncated picture)."""
+    import io
+
+    from experiments.harness.records import write_bytes_atomic
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue(), suffix=".png")
     return path
 
 
-def side_by_side(grids: dict[str, Path], out: Path, *, header: int = 16) -> Path:
+def side_by_side(grids: dict[str, Path], out: Path) -> Path:
     """The per-run grids of several experiments (same subject, prompts and seeds: rows are prompts) next to each
-    other, each under its name: methods side by side per prompt. `grids`: experiment -> its run's PNG."""
+    other, each under its name wrapped to its column's width: methods side by side per prompt. `grids`:
+    experiment -> its run's PNG."""
     from PIL import Image, ImageDraw
 
     ims = {name: Image.open(p).convert("RGB") for name, p in grids.items()}
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    names = {name: _wrapped(measure, name, im.width) for name, im in ims.items()}
+    header = LINE * max(len(v) for v in names.values()) + 4
     width = sum(im.width for im in ims.values())
     height = header + max(im.height for im in ims.values())
     canvas = Image.new("RGB", (width, height), "white")
@@ -120,8 +157,7 @@ def side_by_side(grids: dict[str, Path], out: Path, *, header: int = 16) -> Path
     x = 0
     for name, im in ims.items():
         canvas.paste(im, (x, header))
-        draw.text((x + 2, 2), name, fill="black")
+        for k, line in enumerate(names[name]):
+            draw.text((x + 2, 2 + k * LINE), line, fill="black")
         x += im.width
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out, format="PNG")
-    return out
+    return save_png(canvas, out)

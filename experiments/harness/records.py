@@ -93,11 +93,17 @@ def iter_records(folder: Path) -> list[Path]:
 
 def write_atomic(path: Path, record: dict[str, Any]) -> None:
     """Write JSON so that a reader never sees a partial file (temp file in the same folder + os.replace)."""
+    write_bytes_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode(), suffix=".json")
+
+
+def write_bytes_atomic(path: Path, data: bytes, suffix: str = "") -> None:
+    """Write a file so that a reader never sees it partial and a full disk leaves the old one whole (temp file
+    in the same folder, fsync, os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
