@@ -648,7 +648,7 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules, eff
         ref = r["paper_metric"] if rule_col else None
         lines.append(
             f"| {r['experiment']}{' †' if r['experiment'] in off else ''} | {r['trainable']:,} | {r['head']:,} | {len(r['seeds'])} | {r['score']:.1f} "
-            f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}] | {_fmt(r['seed_sd'])} | "
+            f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}] | {_fmt(r['seed_sd'] if r['seed_variance_known'] else None)} | "
             + " | ".join(f"{r['per_task'][t]:.1f}" + (_paper_cell(p.get(t), ref["per_task"][t] if ref else None,
                                                                 True) if rule_col else "") for t in tasks)
             + (f" | {_fmt(ref['score'])}" if ref else " | -" if rule_col else "")
@@ -705,7 +705,8 @@ def _rank_effect_md(effects: list[dict] | tuple = ()) -> list[str]:
              "Where rank matters: the gain in mean score over the method's lowest rank, against the seed-to-seed spread (sd pooled over "
              f"the two experiments' seeds). A gain above {RANK_EFFECT_SDS:g} pooled sd marks a rank effect, the regime "
              "in which matching a higher-rank LoRA with fewer parameters means something. A screen, not a verdict: "
-             f"the pooled sd rests on {min(sum(e['seeds']) - 2 for e in effects)} degrees of freedom or more.", "",
+             + (f"the pooled sd rests on {df} degrees of freedom or more." if (df := min(sum(e["seeds"]) - 2 for e in effects))
+              else "with one seed each there is no seed spread to set a gain against."), "",
              "| task | comparison | gain | pooled seed sd | seeds | rank effect |", "|---|---|---:|---:|---|---|"]  # fmt: skip
     for e in effects:
         mark = "- (one seed each)" if e["effect"] is None else (
