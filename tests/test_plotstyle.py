@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from experiments.report import plotstyle
+from experiments.harness import plotstyle
 
 
 def test_every_method_keeps_one_colour_and_methods_differ():

@@ -24,7 +24,7 @@ def _pyplot():  # Agg, chosen before pyplot is imported: no display needed
 
 
 def _save(fig, path: Path, top: float = 1.0) -> None:
-    from experiments.report import plotstyle
+    from experiments.harness import plotstyle
 
     fig.tight_layout(rect=(0, 0, 1, top))
     plotstyle.save(fig, path)  # cropped to its content; no version or time stamp: same bytes on rerun

@@ -35,7 +35,7 @@ def write(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     runs = _kept(records)
     if not runs:
         return []
-    from experiments.report import plotstyle
+    from experiments.harness import plotstyle
 
     plt = plotstyle.pyplot()
     written = []

@@ -907,7 +907,7 @@ def _plot(fam, rows, scores, tasks, path: Path | io.BytesIO, title: str) -> None
     with its 95% interval, coloured by method (the same colour in every plot) and named in the legend, not on the
     axes, so that close points never print their names over one another; the Pareto frontier drawn when two or
     more experiments lie on it."""
-    from experiments.report import plotstyle
+    from experiments.harness import plotstyle
 
     plt = plotstyle.pyplot()
     panels: list[str | None] = [None, *tasks] if len(tasks) > 1 else list(tasks)

@@ -1,6 +1,7 @@
-"""One look for every plot the project writes: a fixed colour per method (its `plot_color`, the same in every figure), a marker per
-experiment within its method, parameter counts written as 83k or 1.3M, and PNGs without version or time stamps
-(the same numbers give the same bytes), cropped to their content so no label is cut off."""
+"""One look for every plot the project writes (the report's and the families' own figures): a fixed colour per
+method (its `plot_color`, the same in every figure), a marker per experiment within its method, parameter counts
+written as 83k or 1.3M, and PNGs without version or time stamps (the same numbers give the same bytes), cropped to
+their content so no label is cut off."""
 
 from __future__ import annotations
 
