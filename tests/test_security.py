@@ -193,3 +193,38 @@ def test_shipped_yaml_with_aliases_still_reads():
     from experiments.harness.profiles import load_profile
 
     assert load_profile("dreambooth", "paper").overrides
+
+
+def _trapped_model_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """The embedded model's config and tokenizer with a pickled `pytorch_model.bin` (a trap) instead of its
+    safetensors weights."""
+    import shutil
+
+    from experiments.harness.loading import resolve_model
+
+    src, folder, marker = (
+        Path(resolve_model("embedded:all-MiniLM-L6-v2")),
+        tmp_path / "model",
+        tmp_path / "marker",
+    )
+    shutil.copytree(src, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    write_trap(folder / "pytorch_model.bin", marker)
+    return folder, marker
+
+
+@pytest.mark.parametrize(("family", "experiment", "task"), [("glue", "lora-r2", "cola"),
+                                                              ("commonsense", "lora-r1", None),
+                                                              ("planted", "lora-r1", None)])  # fmt: skip
+def test_families_never_unpickle_a_model_folder_holding_only_a_bin(tmp_path, family, experiment, task):
+    """Every family that loads a transformers model from a folder refuses pickled weights without opening them:
+    the run stops on a missing safetensors file, and the trap inside the .bin never fires."""
+    from experiments.harness.config import with_overrides
+    from experiments.harness.profiles import experiment_config, load_profile
+    from experiments.harness.registry import get_family
+
+    folder, marker = _trapped_model_folder(tmp_path)
+    cfg = experiment_config(load_profile(family, "smoke"), experiment, task)
+    cfg = with_overrides(cfg, model={"name": str(folder)})
+    with pytest.raises(OSError, match="safetensors"):
+        get_family(family)(cfg).build_model()
+    assert not marker.exists()
