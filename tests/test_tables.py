@@ -518,10 +518,7 @@ def test_rank_effect_needs_two_ranks_and_two_seeds():
 
 
 def test_a_chosen_rate_at_the_end_of_a_grid_is_flagged():
-    from experiments.harness.profiles import load_profile
     from experiments.report.tables import grid_edges
-
-    profile = load_profile("glue", "rank-map")
 
     def choice(lr, grid):
         return {"lr": lr, "scores": {f"{g:g}": 0.5 for g in grid}, "metric": "val_score"}
@@ -529,7 +526,7 @@ def test_a_chosen_rate_at_the_end_of_a_grid_is_flagged():
     chosen = {("a", "cola"): choice(4e-3, [2.5e-4, 1e-3, 4e-3]), ("b", "cola"): choice(1e-3, [2.5e-4, 1e-3, 4e-3]),
               ("c", "cola"): choice(2.5e-4, [2.5e-4, 1e-3, 4e-3]), ("d", "cola"): choice(2e-3, [1e-3, 2e-3]),
               ("e", "cola"): None}  # fmt: skip
-    assert grid_edges(profile, chosen) == {"a/cola": "highest", "c/cola": "lowest"}
+    assert grid_edges(chosen) == {"a/cola": "highest", "c/cola": "lowest"}
 
 
 def test_runs_best_at_their_last_validation_are_counted():

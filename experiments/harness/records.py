@@ -96,16 +96,20 @@ def write_atomic(path: Path, record: dict[str, Any]) -> None:
     write_bytes_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode(), suffix=".json")
 
 
-def write_bytes_atomic(path: Path, data: bytes, suffix: str = "") -> None:
+def write_bytes_atomic(
+    path: Path, data: bytes, suffix: str = "", prefix: str = ".tmp-", mode: int | None = None
+) -> None:
     """Write a file so that a reader never sees it partial and a full disk leaves the old one whole (temp file
-    in the same folder, fsync, os.replace)."""
+    in the same folder, fsync, os.replace). `mode`: the file's permissions (else the temp file's 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

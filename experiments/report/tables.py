@@ -34,9 +34,7 @@ import csv
 import errno
 import io
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +47,7 @@ from experiments.harness.errors import UsageError
 from experiments.harness.lockcheck import off_lock
 from experiments.harness.plan import Key, choose_lr, key_label, load_configs
 from experiments.harness.profiles import Profile, load_profile
-from experiments.harness.records import check_record, iter_records, read_record
+from experiments.harness.records import check_record, iter_records, read_record, write_bytes_atomic
 from experiments.harness.registry import Family, get_family
 from experiments.report import stats
 
@@ -318,7 +316,7 @@ def rank_effects(
     return out
 
 
-def grid_edges(profile: Profile, chosen: Mapping[Key, Any]) -> dict[str, str]:
+def grid_edges(chosen: Mapping[Key, Any]) -> dict[str, str]:
     """{run label: "lowest"/"highest"} where the chosen rate sits at an end of a grid of 3 or more points: the
     optimum may lie outside the grid (widen it and rerun). Grids of 1-2 points are not searches and are not flagged."""
     out = {}
@@ -581,18 +579,9 @@ def _write(path: Path, content: str | bytes) -> None:
     data = content.encode() if isinstance(content, str) else content
     if path.is_file() and path.read_bytes() == data:  # untouched files keep their bytes and mtime
         return
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data, prefix=f".{path.name}.tmp-", mode=0o644)
     except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
         raise UsageError(f"cannot write {path} ({why}); the files there are kept as they were") from e
 
@@ -689,7 +678,7 @@ def _table_md(fam, profile, rows, tasks, chosen, paper, header, runs, rules, eff
         lines += ["", "Runs whose best validation was their last (they may not have plateaued): "
                   + ", ".join(f"{e} {n} of {len(runs[e])}" for e, n in sorted(late.items()) if n) + "."]  # fmt: skip
     lines += ["", "## Learning rates chosen on the validation split", ""]
-    edges = grid_edges(profile, chosen)
+    edges = grid_edges(chosen)
     for key, c in sorted(chosen.items(), key=lambda kv: key_label(kv[0])):
         edge = edges.get(key_label(key))
         lines.append(f"- {key_label(key)}: " + ("tuning incomplete" if c is None else f"{c['lr']:g} ({c['metric']}: "
